@@ -1,0 +1,111 @@
+"""Class-name lists for the benchmarks, and parsing of user-given class lists.
+
+A class is a list of names (synonyms); the first name is the display name. Scoring code
+takes the max over a class's names, which is how the later training-free papers use the
+``*_expanded`` lists. For voc21 / context60 / coco_object the first class is "background",
+whose names are a list of stuff words (sky, wall, tree, ...): all are kept so that the
+background score is the max over them, and ``display_names`` reports it as "background".
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+# Packaged lists, by the name accepted by load_class_names -> file under maskclip/assets/class_names.
+_PACKAGED = {
+    "voc20": "voc20.txt",
+    "voc21": "voc21_expanded.txt",
+    "context59": "context59.txt",
+    "context60": "context60_expanded.txt",
+    "context459": "context459.txt",
+    "coco_stuff171": "coco_stuff171.txt",
+    "coco_object": "coco_object_expanded.txt",
+    "ade150": "ade150.txt",
+    "cityscapes19": "cityscapes19.txt",
+}
+
+# Lists whose first line is the background class (display name "background").
+_HAS_BACKGROUND = {"voc21", "context60", "coco_object"}
+
+# CamVid (SegNet version) ids 0..10: Sky, Building, Pole, Road, Pavement, Tree, SignSymbol,
+# Fence, Car, Pedestrian, Bicyclist, written as natural-language names for the text encoder.
+CAMVID11 = [
+    ["sky"], ["building"], ["pole"], ["road"], ["pavement"], ["tree"],
+    ["sign symbol"], ["fence"], ["car"], ["pedestrian"], ["bicyclist"],
+]
+
+_ALIASES = {
+    "voc21_expanded": "voc21",
+    "context60_expanded": "context60",
+    "coco_object_expanded": "coco_object",
+    "coco_object81": "coco_object",
+    "cityscapes": "cityscapes19",
+    "ade20k": "ade150",
+    "coco_stuff": "coco_stuff171",
+    "camvid": "camvid11",
+}
+
+CLASS_LISTS: tuple[str, ...] = tuple(sorted([*_PACKAGED, "camvid11"]))
+
+
+def _split_line(line: str) -> list[str]:
+    return [n.strip() for n in line.split(",") if n.strip()]
+
+
+def load_class_names(name: str) -> list[list[str]]:
+    """The packaged class list ``name`` (one of CLASS_LISTS) as a list of synonym lists.
+
+    The background class of voc21/context60/coco_object is returned with "background" as its
+    first (display) name, followed by all its stuff words.
+    """
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key == "camvid11":
+        return [list(c) for c in CAMVID11]
+    if key not in _PACKAGED:
+        raise ValueError(f"unknown class list {name!r}; choose one of: {', '.join(CLASS_LISTS)}")
+    text = resources.files("maskclip.assets").joinpath("class_names", _PACKAGED[key]).read_text("utf-8")
+    classes = [_split_line(line) for line in text.splitlines() if line.strip()]
+    if key in _HAS_BACKGROUND:
+        bg = [n for n in classes[0] if n != "background"]
+        classes[0] = ["background", *bg]
+    return classes
+
+
+def display_names(classes: list[list[str]]) -> list[str]:
+    """The first name of every class."""
+    return [c[0] for c in classes]
+
+
+def parse_class_arg(text: str | Path) -> list[list[str]]:
+    """Classes from a command-line value: "cat,dog" or the path of a file with one class a line.
+
+    In a file, a line may hold comma-separated synonyms ("person, man, woman"); blank lines
+    and lines starting with '#' are skipped. In the inline form every comma separates classes.
+    Raises ValueError on an empty list or a repeated name (naming it).
+    """
+    raw = str(text)
+    path = Path(raw).expanduser()
+    source: str
+    if raw.strip() and path.is_file():
+        source = f"class file {path}"
+        lines = path.read_text("utf-8").splitlines()
+        classes = [_split_line(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        source = f"class list {raw!r}"
+        if raw.strip() and ("/" in raw or raw.endswith(".txt")) and "," not in raw:
+            raise ValueError(f"class file {path} does not exist; give an existing file or a comma-separated list like 'cat,dog'")
+        classes = [[n] for n in _split_line(raw)]
+    classes = [c for c in classes if c]
+    if not classes:
+        raise ValueError(f"{source} is empty; give at least one class, e.g. 'cat,dog'")
+    seen: dict[str, int] = {}
+    for i, names in enumerate(classes):
+        for n in names:
+            k = n.lower()
+            if k in seen:
+                where = "twice in the same class" if seen[k] == i else f"in classes {seen[k] + 1} and {i + 1}"
+                raise ValueError(f"{source}: duplicate class name {n!r} ({where}); each name may appear once")
+            seen[k] = i
+    return classes

@@ -1,0 +1,158 @@
+"""The text classifier: CLIP text embeddings of class names, averaged over prompt templates.
+
+For each name: encode every template, L2-normalise each, average, L2-normalise again (the paper,
+following ViLD, with 85 templates). A class may have several names (synonyms); its score is the max
+over its names, so the classifier keeps one row per name and a map from names to classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..clip.model import CLIP
+from ..clip.tokenizer import PromptTooLongError, tokenize
+
+SINGLE_TEMPLATE = "a photo of a {}."
+
+
+@lru_cache(maxsize=1)
+def templates_85() -> tuple[str, ...]:
+    """The 85 templates of the paper (ViLD's list), packaged with maskclip."""
+    text = resources.files("maskclip.assets").joinpath("prompt-templates-85.txt").read_text()
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+def resolve_templates(templates: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'85' (the paper's default), 'single' ('a photo of a {}.') or an explicit list containing '{}'."""
+    if templates == "85":
+        return templates_85()
+    if templates == "single":
+        return (SINGLE_TEMPLATE,)
+    if isinstance(templates, str):
+        templates = [templates]
+    bad = [t for t in templates if "{}" not in t]
+    if bad or not templates:
+        raise ValueError(f"templates must each contain '{{}}' for the class name; got {bad or 'an empty list'}")
+    return tuple(templates)
+
+
+def normalize_classes(classes: list[str | list[str]] | tuple) -> list[list[str]]:
+    """Each class as a non-empty list of names; rejects empty lists and duplicate classes."""
+    out: list[list[str]] = []
+    for c in classes:
+        names = [c] if isinstance(c, str) else list(c)
+        names = [n.strip() for n in names if n and n.strip()]
+        if not names:
+            raise ValueError(f"class {c!r} has no name")
+        out.append(names)
+    if not out:
+        raise ValueError("the class list is empty: give at least one class name")
+    seen: dict[str, int] = {}
+    for i, names in enumerate(out):
+        key = names[0].lower()
+        if key in seen:
+            raise ValueError(f"duplicate class {names[0]!r} (classes {seen[key]} and {i}); each class once")
+        seen[key] = i
+    return out
+
+
+@dataclass
+class TextClassifier:
+    """L2-normalised name embeddings [N_names, C] and, for each name, the index of its class."""
+
+    embeddings: torch.Tensor
+    class_of_name: torch.Tensor
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TextClassifier":
+        return TextClassifier(self.embeddings.to(device, dtype or self.embeddings.dtype),
+                              self.class_of_name.to(device), self.class_names)
+
+    def class_logits(self, name_logits: torch.Tensor) -> torch.Tensor:
+        """Max over each class's names: [B, N_names, ...] -> [B, K, ...]."""
+        if name_logits.shape[1] == self.num_classes and bool(
+                (self.class_of_name == torch.arange(self.num_classes, device=self.class_of_name.device)).all()):
+            return name_logits
+        out = name_logits.new_full((name_logits.shape[0], self.num_classes, *name_logits.shape[2:]), float("-inf"))
+        idx = self.class_of_name.to(name_logits.device).view(1, -1, *([1] * (name_logits.dim() - 2)))
+        return out.scatter_reduce(1, idx.expand_as(name_logits), name_logits, reduce="amax")
+
+
+@torch.no_grad()
+def encode_names(model: CLIP, names: list[str], templates: tuple[str, ...], batch_size: int = 256,
+                 trim: bool = True) -> torch.Tensor:
+    """[len(names), C] L2-normalised template-averaged embeddings.
+
+    Prompts are sorted by token length before batching, so that trimming each batch to its longest
+    prompt (exact under the causal mask) saves most of the 77-token context.
+    """
+    device = next(model.parameters()).device
+    per_name = []
+    for name in names:
+        try:
+            per_name.append(tokenize([t.format(name) for t in templates], context_length=model.context_length))
+        except PromptTooLongError as err:
+            raise PromptTooLongError(f"class name {name!r} does not fit in a prompt template: {err}") from None
+    tokens = torch.cat(per_name)
+    lengths = tokens.argmax(dim=-1)
+    order = torch.argsort(lengths)
+    feats = torch.empty(len(tokens), model.embed_dim)
+    for start in range(0, len(tokens), batch_size):
+        idx = order[start:start + batch_size]
+        out = model.encode_text(tokens[idx].to(device), trim=trim).float()
+        feats[idx] = F.normalize(out, dim=-1).cpu()
+    feats = feats.reshape(len(names), len(templates), -1).mean(dim=1)
+    return F.normalize(feats, dim=-1)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MASKCLIP_CACHE", Path.home() / ".cache" / "maskclip"))
+
+
+def _cache_key(model_id: str, names: list[str], templates: tuple[str, ...]) -> str:
+    blob = json.dumps({"model": model_id, "names": names, "templates": list(templates)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def build_text_classifier(model: CLIP, classes: list[str | list[str]], templates: str | list[str] = "85",
+                          use_cache: bool = True) -> TextClassifier:
+    """Text classifier for `classes` (each a name or a list of synonyms).
+
+    Cached on disk per (model weights, names, templates) under $MASKCLIP_CACHE/text when the model
+    carries a `weights_sha256` (models loaded by `load_clip`); random models are not cached.
+    """
+    classes = normalize_classes(classes)
+    tmpl = resolve_templates(templates)
+    names = [n for c in classes for n in c]
+    class_of_name = torch.tensor([i for i, c in enumerate(classes) for _ in c])
+    model_id = getattr(model, "weights_sha256", None)
+    path = cache_dir() / "text" / f"{_cache_key(model_id, names, tmpl)}.pt" if (use_cache and model_id) else None
+    emb = None
+    if path is not None and path.exists():
+        try:
+            emb = torch.load(path, weights_only=True)
+            if emb.shape != (len(names), model.embed_dim):
+                emb = None
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            emb = None
+    if emb is None:
+        emb = encode_names(model, names, tmpl)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(emb, tmp)
+            os.replace(tmp, path)
+    return TextClassifier(emb, class_of_name, [c[0] for c in classes])

@@ -1,0 +1,58 @@
+"""Natural-language captions of toy-world scenes, and the prompt templates that match their style.
+
+Captions name every visible object with its colour (the colour is sometimes dropped in training so
+a bare category name also means something) and the stuff it stands on or in front of. The prompt
+templates below are phrased like the captions: the toy CLIP never saw "a photo of a ..." language.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .world import Scene
+
+# caption-style templates for building text classifiers against the toy CLIP
+TEMPLATES: list[str] = [
+    "a {} .",
+    "there is a {} in the scene .",
+    "a scene with a {} .",
+    "{} .",
+]
+
+_GROUND_PHRASE = {"grass": "on the grass", "sand": "on the sand", "water": "in the water"}
+_TOP_PHRASE = {"sky": "under the sky", "wall": "in front of a wall"}
+
+
+def article(phrase: str) -> str:
+    """'a red zebra', 'an orange fish'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _join(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def caption_for(scene: Scene, rng: np.random.Generator | None = None, train: bool = True) -> str:
+    """A caption naming the visible objects and the stuff; randomised (order, phrasing) when `rng` is given."""
+    objs = [o for o in scene.objects if o.captioned]
+    if rng is not None:
+        order = rng.permutation(len(objs))
+        objs = [objs[i] for i in order]
+    names = []
+    for o in objs:
+        drop_colour = rng is not None and train and rng.random() < 0.15
+        names.append(article(o.category if drop_colour else f"{o.colour} {o.category}"))
+    top = next((s for s in scene.stuff if s in _TOP_PHRASE), None)
+    ground = next(s for s in scene.stuff if s in _GROUND_PHRASE)
+    place = [_GROUND_PHRASE[ground]] + ([_TOP_PHRASE[top]] if top else [])
+    style = int(rng.integers(3)) if rng is not None else 0
+    if not names:
+        return f"{ground}" + (f" and {top}" if top else "") + " ."
+    if style == 0:
+        return f"{_join(names)} {' '.join(place)} ."
+    if style == 1:
+        stuff = _join([ground] + ([top] if top else []))
+        return f"{stuff} with {_join(names)} ."
+    return f"there is {_join(names)} {place[0]} ."

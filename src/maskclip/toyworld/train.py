@@ -1,0 +1,215 @@
+"""Train a small CLIP on the toy world: symmetric contrastive loss, learned temperature, CPU or CUDA.
+
+Scenes are rendered on the fly from a deterministic index stream (step * batch + i), so a run is a
+pure function of its config and resuming from a checkpoint continues the very same stream.
+
+Token-embedding rows of BPE ids that never occur in the world's language start at zero: they get
+zero gradient, and AdamW (weight decay multiplies the weight, Adam divides a zero moment by eps)
+leaves them exactly zero, so the saved checkpoint is mostly zeros and gzips to a few MB.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..clip.model import CLIP, CLIPConfig
+from ..clip.tokenizer import tokenize
+from .captions import TEMPLATES, article
+from .world import CLASSES, COLOURS, OBJECTS, STUFF, World, WorldConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. The defaults are the bundled `toy-vit` recipe."""
+
+    arch: str = "vit"  # "vit" or "resnet"
+    image_size: int = 96
+    patch_size: int = 8  # ViT only
+    vision_width: int = 128  # ViT width (heads = width // 64); ResNet stem width (attnpool heads = width*32//64)
+    vision_layers: int = 4  # ViT blocks; ResNet uses (1, 1, 1, 1)
+    embed_dim: int = 128
+    text_width: int = 128
+    text_layers: int = 3
+    context_length: int = 32
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0  # model init
+    world_seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 250
+    threads: int = 2
+
+    def clip_config(self) -> CLIPConfig:
+        text = dict(context_length=self.context_length, vocab_size=49408, transformer_width=self.text_width,
+                    transformer_heads=self.text_width // 64, transformer_layers=self.text_layers)
+        if self.arch == "vit":
+            return CLIPConfig(embed_dim=self.embed_dim, image_resolution=self.image_size,
+                              vision_layers=self.vision_layers, vision_width=self.vision_width,
+                              vision_patch_size=self.patch_size, **text)
+        if self.arch == "resnet":
+            if self.image_size % 32:
+                raise ValueError(f"--image-size {self.image_size}: a ResNet needs a multiple of 32")
+            return CLIPConfig(embed_dim=self.embed_dim, image_resolution=self.image_size, vision_layers=(1, 1, 1, 1),
+                              vision_width=self.vision_width, vision_patch_size=None, **text)
+        raise ValueError(f"unknown arch {self.arch!r}; expected 'vit' or 'resnet'")
+
+
+def world_phrases() -> list[str]:
+    """Every string the world's language can produce: captions, class names, attribute queries, templates."""
+    words = [*CLASSES, *COLOURS, "background"]
+    queries = [article(f"{c} {o}") for c in COLOURS for o in OBJECTS] + [article(o) for o in OBJECTS]
+    glue = ["on the grass", "on the sand", "in the water", "under the sky", "in front of a wall",
+            "there is a", "and", "with", ",", ".", "a scene with a", "in the scene"]
+    return words + queries + glue + [t.format(w) for t in TEMPLATES for w in CLASSES]
+
+
+def world_token_ids() -> torch.Tensor:
+    """Sorted BPE ids used by the world's language (including start/end of text)."""
+    ids = tokenize(world_phrases(), context_length=77)
+    return torch.unique(ids[ids > 0])
+
+
+def new_model(config: TrainConfig) -> CLIP:
+    torch.manual_seed(config.seed)
+    model = CLIP(config.clip_config())
+    keep = torch.zeros(model.vocab_size, dtype=torch.bool)
+    keep[world_token_ids()] = True
+    with torch.no_grad():
+        model.token_embedding.weight[~keep] = 0.0
+    return model
+
+
+def to_tensor(images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """uint8 [B,H,W,3] -> CLIP-normalised float [B,3,H,W]."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images))
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the in-batch image-text similarity matrix."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp().clamp(max=100.0) * img @ txt.t()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def make_batch(world: World, step: int, batch_size: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scenes = world.batch(range(step * batch_size, (step + 1) * batch_size), "train")
+    images = to_tensor([s.image for s in scenes])
+    tokens = tokenize([s.caption for s in scenes], context_length=context_length)
+    return images, tokens
+
+
+def _param_groups(model: CLIP, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "ln" in name or "bn" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    t = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume: bool = True,
+          log=print) -> CLIP:
+    """Train (or resume) a toy CLIP; writes `checkpoint.pt`, `model.pt` and `log.jsonl` under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if device == "cpu":
+        torch.set_num_threads(config.threads)
+    world = World(config.world_seed, WorldConfig(size=config.image_size))
+    model = new_model(config).to(device)
+    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"] != asdict(config):
+            raise ValueError(f"{ckpt_path} was written by a different config; use a new --out or --no-resume")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start = ckpt["step"]
+        log(f"resumed from {ckpt_path} at step {start}")
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    model.train()
+    t0 = time.time()
+    with open(out / "log.jsonl", "a") as logf:
+        for step in range(start, config.steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, config)
+            images, tokens = make_batch(world, step, config.batch_size, config.context_length)
+            images, tokens = images.to(device), tokens.to(device)
+            loss = contrastive_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            if (step + 1) % config.log_every == 0 or step == start:
+                rec = {"step": step + 1, "loss": round(loss.item(), 4), "lr": lr_at(step, config),
+                       "logit_scale": round(model.logit_scale.exp().item(), 2), "elapsed_s": round(time.time() - t0, 1)}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log(f"step {rec['step']}/{config.steps} loss {rec['loss']:.4f} scale {rec['logit_scale']} "
+                    f"{rec['elapsed_s']}s")
+            if (step + 1) % config.ckpt_every == 0 or step + 1 == config.steps:
+                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                              "config": asdict(config)}, ckpt_path)
+    model.eval()
+    _atomic_save(model.state_dict(), out / "model.pt")
+    return model
+
+
+def export_gzip(model: CLIP, path: str | Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write the state dict (cast to `dtype`) as a gzipped `torch.save` file; returns its SHA-256."""
+    import hashlib
+
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(buf.getvalue())
+    os.replace(tmp, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    return TrainConfig(**d)
