@@ -73,6 +73,12 @@ def trace(model: CLIP) -> torch.jit.ScriptModule:
         return torch.jit.trace(model, (image, text), check_trace=False)
 
 
+def save_torchscript(model: CLIP, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.save is deprecated in torch 2.x
+        torch.jit.save(trace(model), str(path))
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -131,7 +137,7 @@ def test_torchscript_archive_reads_tensors_only(tmp_path):
     traced = trace(model)
     assert list(traced.state_dict()) == list(model.state_dict())  # OpenAI's archives carry these names
     path = tmp_path / "tiny-jit.pt"
-    torch.jit.save(traced, str(path))
+    save_torchscript(model, path)
     sd = load_state_dict(path)
     assert set(sd) == set(model.state_dict())
     for k, v in model.state_dict().items():
@@ -171,7 +177,7 @@ def test_gzipped_state_dict_with_unused_vocab_rows_is_small(tmp_path):
 def test_gzipped_torchscript_archive(tmp_path):
     model = tiny_clip()
     raw = tmp_path / "jit.pt"
-    torch.jit.save(trace(model), str(raw))
+    save_torchscript(model, raw)
     gz = tmp_path / "jit.pt.gz"
     gz.write_bytes(gzip.compress(raw.read_bytes()))
     assert_same_model(model, load_clip(gz))
@@ -222,7 +228,7 @@ def test_truncated_file_is_refused_naming_it(tmp_path, kind):
     model = tiny_clip()
     path = tmp_path / f"tiny-{kind}.pt"
     if kind == "jit":
-        torch.jit.save(trace(model), str(path))
+        save_torchscript(model, path)
     else:
         torch.save(model.state_dict(), path)
     if kind == "gzip":

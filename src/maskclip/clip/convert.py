@@ -68,22 +68,22 @@ def _read_safetensors(f: IO[bytes], path: Path) -> dict[str, torch.Tensor]:
     (n,) = struct.unpack("<Q", data[:8])
     try:
         header = json.loads(data[8:8 + n])
-    except ValueError as e:
-        raise _refuse(path, f"bad safetensors header: {e}") from None
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n:]
-    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    if end != len(body):
-        raise _refuse(path, f"safetensors data holds {len(body)} bytes, header describes {end}")
-    out = {}
-    for name, spec in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
-        if dtype is None:
-            raise _refuse(path, f"unsupported safetensors dtype {spec['dtype']} for {name}")
-        start, stop = spec["data_offsets"]
-        buf = bytes(body[start:stop])
-        t = torch.frombuffer(bytearray(buf), dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(spec["shape"])
+        header.pop("__metadata__", None)
+        body = memoryview(data)[8 + n:]
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+        if end != len(body):
+            raise ValueError(f"data holds {len(body)} bytes, header describes {end}")
+        out = {}
+        for name, spec in header.items():
+            dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
+            if dtype is None:
+                raise ValueError(f"unsupported dtype {spec['dtype']} for {name}")
+            start, stop = spec["data_offsets"]
+            buf = bytearray(body[start:stop])
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(spec["shape"])
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise _refuse(path, f"bad safetensors file: {e}") from None
     return out
 
 
@@ -104,9 +104,12 @@ def _read_object(path: Path) -> object:
             f.seek(0)
             if any(n.endswith("/constants.pkl") for n in names):
                 # TorchScript (OpenAI's release format); only the tensors are used
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated
-                    return dict(torch.jit.load(f, map_location="cpu").state_dict())
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated
+                        return dict(torch.jit.load(f, map_location="cpu").state_dict())
+                except Exception as e:  # noqa: BLE001 - TorchScript raises bare RuntimeErrors
+                    raise _refuse(path, f"TorchScript archive: {type(e).__name__}: {e}") from None
             try:
                 return torch.load(f, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:

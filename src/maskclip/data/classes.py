@@ -65,7 +65,7 @@ def load_class_names(name: str) -> list[list[str]]:
         return [list(c) for c in CAMVID11]
     if key not in _PACKAGED:
         raise ValueError(f"unknown class list {name!r}; choose one of: {', '.join(CLASS_LISTS)}")
-    text = resources.files("maskclip.assets").joinpath("class_names", _PACKAGED[key]).read_text("utf-8")
+    text = resources.files("maskclip.assets").joinpath("class_names").joinpath(_PACKAGED[key]).read_text("utf-8")
     classes = [_split_line(line) for line in text.splitlines() if line.strip()]
     if key in _HAS_BACKGROUND:
         bg = [n for n in classes[0] if n != "background"]

@@ -100,7 +100,7 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image, copy=not image.flags.writeable, order="C"))
     if image.ndim == 3:
         image = image.permute(2, 0, 1)[None]
     return image.float()

@@ -163,6 +163,17 @@ def read_index(path: str | Path) -> tuple[dict[str, Any], dict[int, Path]]:
     return data, items
 
 
+def _image_and_gt(item: Any) -> tuple[Any, Any]:
+    """Accepts the dataset item forms train.Sample documents: Sample-like (.image/.label), dict, tuple, image."""
+    if hasattr(item, "image"):
+        return item.image, getattr(item, "label", None)
+    if isinstance(item, dict):
+        return item["image"], item.get("label")
+    if isinstance(item, tuple):
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
 class PseudoLabelDataset:
     """Wraps an image dataset and adds the precomputed pseudo-label map of each item: returns
     (image, ground truth or None, pseudo labels)."""
@@ -179,8 +190,7 @@ class PseudoLabelDataset:
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[Any, Any, np.ndarray]:
-        item = self.base[i]
-        image, gt = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, tuple) else (item, None)
+        image, gt = _image_and_gt(self.base[i])
         return image, gt, load_label_png(self.items[i])
 
 
@@ -208,8 +218,7 @@ def label_dataset(teacher: Callable[[Tensor], Tensor], dataset: Any, out_dir: st
             items[i] = rel
             continue
         try:
-            item = dataset[i]
-            image = item[0] if isinstance(item, tuple) else item
+            image, _ = _image_and_gt(dataset[i])
             x = normalize(to_image_tensor(image), mean, std)[None].to(device)
             logits = teacher(x)
             num_classes = int(logits.shape[1])

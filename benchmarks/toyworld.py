@@ -1,0 +1,120 @@
+"""Quality ladder of MaskCLIP variants on held-out toy-world scenes with a bundled toy CLIP.
+
+    python benchmarks/toyworld.py                       # toy-vit, 200 scenes, all rows
+    python benchmarks/toyworld.py --model toy-vit --scenes 200 --json out/toyworld_ladder.json
+
+Rows: the paper's baseline (unmodified last layer), the authors' value path (residual + FFN) and the
+value-only path, each with and without key smoothing (KS) and prompt denoising (PD); multi-scale;
+attribute queries ("COLOUR CATEGORY" must pick the right one of two same-category instances), with
+held-out colour-category pairs separately; and ImageNet-C-style corruptions at severities 1/3/5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toy-vit", help="bundled name or checkpoint path (default: toy-vit)")
+    p.add_argument("--scenes", type=int, default=200, help="held-out scenes for mIoU (default: 200)")
+    p.add_argument("--attribute-scenes", type=int, default=200,
+                   help="scenes with two same-category objects of different colours (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="world seed of the held-out scenes (default: 0)")
+    p.add_argument("--no-corruptions", action="store_true", help="skip the corruption rows")
+    p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from maskclip.clip.weights import load_clip
+    from maskclip.toyworld import CLASSES
+    from maskclip.toyworld.evaluate import (BEST_VARIANT, VARIANTS, attribute_scenes, class_classifier,
+                                            evaluate_attributes, evaluate_segmentation, heldout_scenes,
+                                            toy_config)
+
+    t0 = time.time()
+    model = load_clip(args.model)
+    size = model.visual.input_resolution
+    scenes = heldout_scenes(args.scenes, seed=args.seed, size=size)
+    clf = class_classifier(model)
+    rows: list[tuple[str, float, dict]] = []
+
+    def seg(name: str, config, images=None) -> None:
+        r = evaluate_segmentation(model, scenes, config, clf, images=images)
+        rows.append((name, r.miou, r.per_class()))
+        print(f"  {name:<34} mIoU {100 * r.miou:5.1f}", file=sys.stderr)
+
+    for name, over in VARIANTS.items():
+        seg(name, toy_config(**over))
+    best = VARIANTS[BEST_VARIANT]
+    seg(f"{BEST_VARIANT}, multi-scale {size}/{size * 3 // 2}/{size * 2}",
+        toy_config(**best, resize="fit", scales=(size, size * 3 // 2, size * 2)))
+    seg(f"{BEST_VARIANT}, input x2 ({size * 2}px)", toy_config(**best, resize="fit", size=(size * 2, size * 2)))
+
+    attr_scenes = attribute_scenes(args.attribute_scenes, seed=args.seed, size=size)
+    attrs = {}
+    for name in ("baseline", "authors", BEST_VARIANT):
+        a = evaluate_attributes(model, attr_scenes, toy_config(**VARIANTS[name]))
+        attrs[name] = {"seen": a.accuracy, "seen_n": a.total, "heldout": a.heldout_accuracy,
+                       "heldout_n": a.heldout_total}
+
+    corr = []
+    if not args.no_corruptions:
+        try:
+            from maskclip.eval.corruptions import corrupt
+        except ImportError:
+            corrupt = None
+            print("maskclip.eval.corruptions not available: corruption rows skipped", file=sys.stderr)
+        if corrupt is not None:
+            for cname in ("gaussian_noise", "gaussian_blur", "jpeg_compression"):
+                for sev in (1, 3, 5):
+                    imgs = [corrupt(s.image, cname, sev, seed=i) for i, s in enumerate(scenes)]
+                    r = evaluate_segmentation(model, scenes, toy_config(**best), clf, images=imgs)
+                    corr.append((cname, sev, r.miou))
+                    print(f"  {cname} s{sev}: {100 * r.miou:5.1f}", file=sys.stderr)
+
+    short = [c[:5] for c in CLASSES]
+    print(f"\nToy-world ladder: model {args.model}, {len(scenes)} held-out scenes ({size}px), "
+          f"world seed {args.seed}\n")
+    print("| variant | mIoU | " + " | ".join(short) + " |")
+    print("|---|---:|" + "---:|" * len(short))
+    for name, miou, per in rows:
+        print(f"| {name} | {100 * miou:.1f} | " + " | ".join(f"{100 * per[c]:.0f}" for c in CLASSES) + " |")
+    print(f"\nAttribute queries ({len(attr_scenes)} scenes; 'COLOUR CATEGORY' picks its instance among "
+          "same-category objects of other colours):\n")
+    print("| variant | seen pairs | held-out pairs |")
+    print("|---|---:|---:|")
+    for name, a in attrs.items():
+        print(f"| {name} | {100 * a['seen']:.1f}% (n={a['seen_n']}) | {100 * a['heldout']:.1f}% (n={a['heldout_n']}) |")
+    if corr:
+        print(f"\nCorruptions ({BEST_VARIANT}; clean {100 * rows[list(VARIANTS).index(BEST_VARIANT)][1]:.1f}):\n")
+        print("| corruption | s1 | s3 | s5 |")
+        print("|---|---:|---:|---:|")
+        for cname in dict.fromkeys(c for c, _, _ in corr):
+            vals = [m for c, _, m in corr if c == cname]
+            print(f"| {cname} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+    print(f"\n({time.time() - t0:.0f}s)")
+    if args.json:
+        out = {"model": args.model, "scenes": len(scenes), "seed": args.seed, "image_size": size,
+               "rows": [{"variant": n, "miou": m, "per_class": per} for n, m, per in rows],
+               "attributes": attrs,
+               "corruptions": [{"name": c, "severity": s, "miou": m} for c, s, m in corr]}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

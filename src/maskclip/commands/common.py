@@ -1,0 +1,144 @@
+"""Options shared by the commands that run MaskCLIP (segment, label, eval, robustness, train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, fields
+
+import torch
+
+from ..dense.inference import MaskCLIPConfig
+
+DEFAULTS = MaskCLIPConfig()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default,
+                   help=f"CLIP by name (ViT-B/16, ViT-B/32, ViT-L/14, ViT-L/14@336px, RN50, RN101, RN50x4, "
+                        f"RN50x16, RN50x64; toy-vit is bundled) or a checkpoint path; default {default}. "
+                        "Named OpenAI models are downloaded once into $MASKCLIP_CACHE (~/.cache/maskclip).")
+    g.add_argument("--weights", metavar="PATH",
+                   help="a local checkpoint (OpenAI TorchScript .pt, state dict, OpenCLIP checkpoint, "
+                        "optionally gzip'd); overrides --model, for offline machines")
+    g.add_argument("--random-weights", action="store_true",
+                   help="use randomly initialised weights of the --model architecture (pipeline checks only; "
+                        "outputs are labelled random and mean nothing)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def add_maskclip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MaskCLIP (defaults: the paper)")
+    g.add_argument("--path", choices=["authors", "value-only", "baseline"], default=DEFAULTS.path,
+                   help="last-layer read-out: 'authors' = value path with residual and FFN as in the authors' "
+                        "code (default); 'value-only' = no residual/FFN; 'baseline' = unmodified q-k attention "
+                        "(the paper's Table 1a baseline)")
+    g.add_argument("--ks", action=argparse.BooleanOptionalAction, default=DEFAULTS.ks,
+                   help="key smoothing (paper eq. 5)")
+    g.add_argument("--ks-form", choices=["paper", "authors"], default=DEFAULTS.ks_form,
+                   help="'paper': keys normalised per position (eq. 5, default); 'authors': normalised along the "
+                        "token axis as in the authors' code")
+    g.add_argument("--pd", action=argparse.BooleanOptionalAction, default=DEFAULTS.pd, help="prompt denoising")
+    g.add_argument("--pd-threshold", type=float, default=DEFAULTS.pd_threshold,
+                   help="prompt denoising threshold t (paper: 0.5)")
+    g.add_argument("--logit-scale", type=float, default=DEFAULTS.logit_scale,
+                   help="softmax temperature for probabilities, PD and KS (paper/CLIP: 100; later papers: 40)")
+    g.add_argument("--mode", choices=["whole", "slide"], default=DEFAULTS.mode,
+                   help="whole image in one pass (paper) or sliding windows")
+    g.add_argument("--resize", choices=["fit", "short", "none"], default=DEFAULTS.resize,
+                   help="'fit': keep aspect, fit within --size (mmseg keep-ratio rule, the authors' configs); "
+                        "'short': short side = first --size value; 'none'")
+    g.add_argument("--size", type=_ints, default=DEFAULTS.size, metavar="L[,S]",
+                   help="resize target, e.g. 512 or 1024,512 (default 512,512; Pascal Context 520)")
+    g.add_argument("--scales", type=_ints, default=None, metavar="S1,S2,...",
+                   help="multi-scale ensemble, e.g. 224,336,520 (probabilities averaged; supplement Table 5)")
+    g.add_argument("--crop", type=int, default=DEFAULTS.crop, help="sliding-window size (slide mode)")
+    g.add_argument("--stride", type=int, default=DEFAULTS.stride, help="sliding-window stride (slide mode)")
+    g.add_argument("--window-batch", type=int, default=DEFAULTS.window_batch,
+                   help="windows per encoder batch (bounds memory)")
+    g.add_argument("--normalize", choices=["imagenet", "clip"], default=DEFAULTS.normalize,
+                   help="input normalisation: 'imagenet' as the authors' configs (default) or CLIP's own")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default=DEFAULTS.interpolation,
+                   help="image resize filter: bilinear as mmseg (default) or bicubic as CLIP's preprocessing")
+    g.add_argument("--templates", default="85",
+                   help="'85' (the paper's prompt templates, default), 'single' ('a photo of a {}.'), or a file "
+                        "with one template per line containing {}")
+    g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="autocast precision of the image encoder (fp16/bf16 are faster on GPUs)")
+
+
+def add_vocabulary_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("vocabulary")
+    g.add_argument("--classes", required=required,
+                   help="comma-separated class names ('cat,dog,red car'), a file with one class per line, or a packaged list (voc20, context59, coco_stuff171, ade150, cityscapes19, camvid11, ...) "
+                        "(synonyms comma-separated on a line: the class score is the max over its names)")
+    g.add_argument("--background", default=None,
+                   help="comma-separated names merged into one 'background' label, e.g. "
+                        "'building,ground,grass,tree,sky' (the paper's web-image demos)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="pixels whose top probability is below this become background (or 'unknown' without "
+                        "--background)")
+
+
+def config_from_args(args: argparse.Namespace) -> MaskCLIPConfig:
+    size = tuple(args.size) if len(args.size) > 1 else (args.size[0], args.size[0])
+    return MaskCLIPConfig(
+        path=args.path, ks=args.ks, pd=args.pd, ks_form=args.ks_form, pd_threshold=args.pd_threshold,
+        logit_scale=args.logit_scale, mode=args.mode, resize=args.resize, size=size, crop=args.crop,
+        stride=args.stride, scales=tuple(args.scales) if args.scales else None, normalize=args.normalize,
+        interpolation=args.interpolation, window_batch=args.window_batch,
+        dtype=None if args.dtype == "fp32" else args.dtype)
+
+
+def templates_from_arg(text: str) -> str | list[str]:
+    from pathlib import Path
+
+    if text in ("85", "single"):
+        return text
+    path = Path(text)
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text("utf-8").splitlines() if ln.strip()]
+        return lines
+    if "{}" in text:
+        return [text]
+    raise SystemExit(f"--templates: {text!r} is neither '85', 'single', a template containing {{}}, nor a file")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The CLIP the user asked for, or a clean exit with the loader's message."""
+    from ..clip.weights import WeightsError, load_clip, random_clip
+
+    device = resolve_device(args.device)
+    try:
+        if args.random_weights:
+            print(f"warning: --random-weights: {args.model} with RANDOM weights; the labels mean nothing",
+                  file=sys.stderr)
+            return random_clip(args.model, device=device)
+        return load_clip(args.weights or args.model, device=device)
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def settings_dict(config: MaskCLIPConfig) -> dict:
+    d = asdict(config)
+    return {f.name: (list(d[f.name]) if isinstance(d[f.name], tuple) else d[f.name]) for f in fields(config)}

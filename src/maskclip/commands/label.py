@@ -1,0 +1,64 @@
+"""`maskclip label`: pseudo-label an image collection (sharded, resumable) for MaskCLIP+ training."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_maskclip_options, add_model_options, add_vocabulary_options
+
+EPILOG = """examples:
+  maskclip label images/ --classes context59 --out pseudo/            (a packaged class list by name)
+  maskclip label images/ --classes "cat,dog" --shard 0/4 --out pseudo/  (machine 1 of 4; run 1/4, 2/4, 3/4 too)
+
+writes the same files as `maskclip segment` and an index (index.json, or index.shard<i>of<n>.json with
+--shard) listing image, label PNG and JSON for every labelled image. Re-running skips finished images."""
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard expects i/n like 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="pseudo-label an image collection with MaskCLIP (sharded, resumable)",
+                       description="Batch MaskCLIP labelling of an image collection, e.g. to train MaskCLIP+ on.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="DIRS_OR_IMAGES")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
+                   help="process every n-th image starting at i (sorted order), to split work across machines")
+    p.add_argument("--recursive", action="store_true", help="also look for images in sub-directories")
+    p.add_argument("--heatmaps", action="store_true", help="also write per-class heat maps")
+    p.add_argument("--no-resume", action="store_true", help="recompute images already labelled")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_vocabulary_options(p)
+    add_model_options(p)
+    add_maskclip_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..annotate import label_files, output_stems, write_json_atomic
+    from .segment import prepare
+
+    vocab, files, predictor, meta = prepare(args)
+    stems = output_stems(files)  # over the whole collection, so shards agree on names
+    i, n = args.shard
+    mine = list(range(i, len(files), n))
+    report = label_files(predictor, [files[j] for j in mine], args.out, vocab, meta, heatmaps=args.heatmaps,
+                         resume=not args.no_resume, progress=not args.quiet, stems=[stems[j] for j in mine])
+    failed = {p for p, _ in report.failed}
+    entries = [{"image": str(files[j]), "label": f"{stems[j]}.png", "json": f"{stems[j]}.json"}
+               for j in mine if str(files[j]) not in failed]
+    index = args.out / ("index.json" if n == 1 else f"index.shard{i}of{n}.json")
+    write_json_atomic(index, {"classes": [c[0] for c in vocab.classes] + (["background"] if vocab.background else []),
+                              "shard": [i, n], "total_images": len(files), "entries": entries, **meta})
+    print(report.summary() + f"\nindex: {index}", file=sys.stderr if report.failed else sys.stdout)
+    return 1 if report.failed else 0

@@ -1,0 +1,120 @@
+"""`maskclip toyworld train|render|export`: train the bundled toy CLIPs and look at the world."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+DEFAULT_OUT = "runs/toy-vit"
+
+
+def _add_train(sub) -> None:
+    from ..toyworld.train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train a small CLIP on the toy world (the bundled toy-vit recipe by default)",
+        description="Train a small CLIP contrastively on rendered toy-world scenes and their captions. "
+                    "Deterministic: the same options give the same model. Writes checkpoint.pt (for "
+                    "--resume), model.pt, log.jsonl and config.json under --out; with --export also a "
+                    "gzipped fp16 state dict loadable by maskclip.clip.weights.load_clip.")
+    defaults = TrainConfig()
+    helps = {
+        "arch": "image encoder: vit or resnet",
+        "image_size": "square image side in pixels (scenes are rendered at this size)",
+        "patch_size": "ViT patch size",
+        "vision_width": "ViT width (heads = width // 64) or ResNet stem width (attention-pool heads = width*32//64)",
+        "vision_layers": "ViT blocks (ResNets use one bottleneck per stage)",
+        "embed_dim": "joint image-text embedding size",
+        "text_width": "text transformer width (heads = width // 64)",
+        "text_layers": "text transformer blocks",
+        "context_length": "text context in tokens (captions are at most ~30)",
+        "steps": "optimisation steps",
+        "batch_size": "image-caption pairs per step (the contrastive negatives)",
+        "lr": "peak AdamW learning rate (linear warm-up, cosine decay)",
+        "weight_decay": "AdamW weight decay on matrices",
+        "warmup": "warm-up steps",
+        "seed": "model initialisation seed",
+        "world_seed": "seed of the training scene stream",
+        "log_every": "log every N steps",
+        "ckpt_every": "write checkpoint.pt every N steps",
+        "threads": "CPU threads (torch.set_num_threads)",
+    }
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kind = type(default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                       choices=("vit", "resnet") if f.name == "arch" else None,
+                       help=f"{helps[f.name]} (default: {default})")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start from scratch even if --out holds a checkpoint of the same config")
+    p.add_argument("--export", metavar="FILE.pt.gz", default=None,
+                   help="after training, write the gzipped fp16 state dict here and print its SHA-256")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from ..toyworld.train import TrainConfig, export_gzip, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    model = train(cfg, args.out, device=args.device, resume=not args.no_resume)
+    if args.export:
+        digest = export_gzip(model, args.export)
+        size = os.path.getsize(args.export)
+        print(f"wrote {args.export} ({size / 2**20:.2f} MiB) sha256 {digest}")
+    return 0
+
+
+def _add_render(sub) -> None:
+    p = sub.add_parser("render", help="render toy-world scenes with ground truth and captions",
+                       description="Render scenes of the toy world: PNG images, colourised ground-truth "
+                                   "maps and a captions.jsonl file.")
+    p.add_argument("--out", default="out/toyworld", help="output directory (default: out/toyworld)")
+    p.add_argument("-n", "--num", type=int, default=16, help="number of scenes (default: 16)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="scene split (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: the bundled model's size)")
+    p.set_defaults(func=_render)
+
+
+def _render(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..toyworld import IMAGE_SIZE
+    from ..toyworld.visualize import colourise
+    from ..toyworld.world import World, WorldConfig
+
+    if args.num <= 0:
+        print(f"error: --num must be positive, got {args.num}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = World(args.seed, WorldConfig(size=args.size or IMAGE_SIZE, heldout=args.split != "train"))
+    records = []
+    for i in range(args.num):
+        s = world.scene(i, args.split)
+        Image.fromarray(s.image).save(out / f"{args.split}_{i:04d}.png")
+        Image.fromarray(colourise(s.labels)).save(out / f"{args.split}_{i:04d}_gt.png")
+        np.save(out / f"{args.split}_{i:04d}_labels.npy", s.labels.astype(np.uint8))
+        records.append({"index": i, "caption": s.caption,
+                        "objects": [[o.colour, o.category, o.visible] for o in s.objects]})
+    tmp = out / "captions.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, out / "captions.jsonl")
+    print(f"wrote {args.num} scenes to {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("toyworld", help="the synthetic captioned world and its small CLIPs",
+                              description="Train small CLIPs on the synthetic toy world, or render its scenes.")
+    sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
+    _add_train(sub)
+    _add_render(sub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -1,0 +1,183 @@
+"""The toy world, its trainer and the bundled toy CLIP (an end-to-end regression test of the dense path)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskclip.toyworld import CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, TEMPLATES, World, WorldConfig
+from maskclip.toyworld.train import (TrainConfig, contrastive_loss, new_model, train, world_phrases,
+                                     world_token_ids)
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "maskclip" / "toyworld" / "weights"
+MANIFEST = WEIGHTS / "manifest.json"
+
+torch.set_num_threads(2)
+
+
+def test_world_is_deterministic_and_seeded():
+    a, b = World(0).scene(7), World(0).scene(7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels) and a.caption == b.caption
+    c = World(1).scene(7)
+    assert not np.array_equal(a.image, c.image)
+    d = World(0).scene(7, "test")
+    assert not np.array_equal(a.image, d.image)
+    assert a.image.shape == (96, 96, 3) and a.image.dtype == np.uint8 and a.labels.shape == (96, 96)
+
+
+def test_labels_and_captions_agree():
+    world = World(3)
+    for i in range(60):
+        s = world.scene(i)
+        present = {CLASSES[j] for j in np.unique(s.labels)}
+        assert set(s.stuff) <= present and set(s.stuff) <= set(STUFF)
+        for o in s.objects:
+            visible = (s.instances == o.instance).sum()
+            assert visible == o.visible
+            assert np.all(s.labels[s.instances == o.instance] == CLASSES.index(o.category))
+            if o.captioned:
+                assert o.category in present
+                assert re.search(rf"\b({o.colour} )?{o.category}\b", s.caption), (s.caption, o)
+        for stuff in s.stuff:
+            assert stuff in s.caption
+        # nothing is captioned that is not in the picture
+        for cat in OBJECTS:
+            if re.search(rf"\b{cat}\b", s.caption):
+                assert any(o.category == cat and o.captioned for o in s.objects)
+        assert (s.instances == 0).sum() == np.isin(s.labels, [CLASSES.index(c) for c in STUFF]).sum()
+
+
+def test_heldout_pairs_never_in_training_split():
+    world = World(0)
+    seen = set()
+    for i in range(400):
+        s = world.scene(i)
+        seen |= {(o.colour, o.category) for o in s.objects}
+        for colour, cat in HELDOUT_PAIRS:
+            assert f"{colour} {cat}" not in s.caption
+    assert not seen & set(HELDOUT_PAIRS)
+    assert len(seen) == len(COLOURS) * len(OBJECTS) - len(HELDOUT_PAIRS)
+    test = World(0, WorldConfig(heldout=True))
+    assert {(o.colour, o.category) for i in range(400) for o in test.scene(i, "test").objects} & set(HELDOUT_PAIRS)
+
+
+TINY = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=1, embed_dim=32, text_width=64,
+            text_layers=1, context_length=32, batch_size=16, lr=2e-3, warmup=5, log_every=5, ckpt_every=10)
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_unused_token_rows_start_and_stay_zero(tmp_path):
+    ids = world_token_ids()
+    assert len(ids) < 100  # the world's language is tiny
+    model = train(TrainConfig(**TINY, steps=3), tmp_path, log=lambda *_: None)
+    w = model.token_embedding.weight.detach()
+    used = torch.zeros(w.shape[0], dtype=torch.bool)
+    used[ids] = True
+    assert torch.count_nonzero(w[~used]) == 0
+    assert (w[used].abs().sum(1) > 0).all()
+
+
+def test_trainer_loss_decreases_and_resume_is_exact(tmp_path):
+    cfg = TrainConfig(**TINY, steps=40)
+    full = train(cfg, tmp_path / "full", log=lambda *_: None)
+    log = _log(tmp_path / "full" / "log.jsonl")
+    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-2:]])
+    assert last < first - 0.3, log  # chance level is log(16) = 2.77
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_25(msg: str) -> None:
+        if msg.startswith("step 25/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "cut", log=stop_at_25)  # dies after the step-20 checkpoint
+    resumed = train(cfg, tmp_path / "cut", log=lambda *_: None)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_contrastive_loss_is_symmetric_and_low_when_matched():
+    x = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    scale = torch.tensor(np.log(100.0))
+    assert contrastive_loss(x, x, scale) < 0.1
+    y = torch.randn(8, 16)
+    torch.testing.assert_close(contrastive_loss(x, y, scale), contrastive_loss(y, x, scale))
+
+
+def test_templates_and_phrases_tokenize_in_world_vocab():
+    from maskclip.clip.tokenizer import tokenize
+
+    ids = set(world_token_ids().tolist())
+    for t in TEMPLATES:
+        for c in CLASSES:
+            row = tokenize(t.format(c))[0]
+            assert set(row[row > 0].tolist()) <= ids
+    assert any("zebra" in p for p in world_phrases())
+
+
+# ---- the bundled checkpoint ------------------------------------------------------------------------
+
+def _manifest() -> dict:
+    if not MANIFEST.is_file():
+        pytest.fail(f"{MANIFEST} is missing: the bundled toy CLIP must ship with the package")
+    return json.loads(MANIFEST.read_text())
+
+
+def test_bundled_checkpoint_sha_matches():
+    for name, entry in _manifest().items():
+        data = (WEIGHTS / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        assert len(data) < 8 * 2 ** 20, f"{name} is {len(data)} bytes; keep bundled weights small"
+
+
+def test_bundled_toy_vit_segments_heldout_scenes():
+    """Regression test of load_clip + the dense engine + text classifier on held-out scenes."""
+    from maskclip.clip.weights import load_clip
+    from maskclip.toyworld.evaluate import VARIANTS, evaluate_segmentation, heldout_scenes, toy_config
+
+    entry = _manifest()["toy-vit"]
+    model = load_clip("toy-vit")
+    check = entry["check"]
+    assert model.visual.input_resolution == entry["image_size"]
+    scenes = heldout_scenes(check["scenes"], seed=check["seed"], size=entry["image_size"])
+    r = evaluate_segmentation(model, scenes, toy_config(**VARIANTS[check["variant"]]))
+    assert r.miou * 100 >= check["miou"] - 1.0, (r.miou, check)
+    base = evaluate_segmentation(model, scenes, toy_config(**VARIANTS["baseline"]))
+    assert base.miou < r.miou - 0.05  # the MaskCLIP modification matters
+
+
+def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):
+    from maskclip.cli import main
+
+    _manifest()
+    rc = main(["demo", "-n", "2", "--out", str(tmp_path), "--classes", "red zebra, zebra, grass, sky, dog"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "dog" in out and "not in the world" in out
+    assert len(list(tmp_path.glob("scene*_panel.png"))) == 2
+    assert len(list(tmp_path.glob("scene*_overlay.png"))) == 2
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_query_ground_truth_prefers_specific_queries():
+    from maskclip.commands.demo import IGNORE, query_ground_truth
+    from maskclip.toyworld.world import render_scene
+
+    scene = render_scene(np.random.default_rng(0), WorldConfig(), [("red", "zebra"), ("white", "zebra")])
+    gt, known = query_ground_truth(scene, ["zebra", "red zebra", "unicorn"])
+    assert known == [True, True, False]
+    red = scene.instances == 1
+    assert red.sum() > 0 and np.all(gt[red] == 1)
+    assert np.all(gt[scene.instances == 2] == 0)
+    assert np.all(gt[scene.instances == 0] == IGNORE)
