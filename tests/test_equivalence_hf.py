@@ -5,6 +5,11 @@ attention, its own causal mask and pooling), so agreement to 1e-4 on random, del
 weights pins down every piece of ours: patchify, class token, position embeddings and their bicubic
 resize, pre/post LayerNorm, attention head split, QuickGELU, causal text attention, EOT pooling,
 and both projections.
+
+Non-square and resized inputs go through HF's `interpolate_pos_encoding=True`, which (transformers 5.x)
+resizes the patch position grid with `F.interpolate(size=(H // patch, W // patch), mode="bicubic",
+align_corners=False)` and keeps the class position: the same rule as ours, so HF is a valid reference
+there too. (tests/test_model.py also checks our resize against a per-token bicubic reimplementation.)
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ IMAGE_CASES = [
 ]
 PROMPTS = ["a dog", "a photo of a cat sitting on the red sofa in the living room", "sky",
            "a diagram of a very small and oddly shaped , irregular, rusty bicycle wheel ."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:

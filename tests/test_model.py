@@ -10,8 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskclip.clip.model import (ARCHITECTURES, CLIP, AttentionPool2d, CLIPConfig, config_from_state_dict,
-                                 resize_pos_embed)
+from maskclip.clip.model import (
+    ARCHITECTURES,
+    CLIP,
+    AttentionPool2d,
+    CLIPConfig,
+    config_from_state_dict,
+    resize_pos_embed,
+)
 from maskclip.clip.tokenizer import tokenize
 
 VIT = CLIPConfig(embed_dim=48, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
@@ -22,6 +28,15 @@ RESNET = CLIPConfig(embed_dim=48, image_resolution=64, vision_layers=(1, 2, 1, 1
                     transformer_heads=2, transformer_layers=2, vision_heads=4)
 PROMPTS = ["a dog", "a photo of a cat sitting on the red sofa in the living room", "sky",
            "a diagram of a very small and oddly shaped , irregular, rusty bicycle wheel ."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -163,15 +178,22 @@ def test_config_read_back_of_small_models():
         assert got == dataclasses.replace(cfg, vision_heads=None, transformer_heads=cfg.transformer_width // 64)
 
 
-@pytest.mark.parametrize("sd", [
-    {"weight": torch.zeros(3, 3), "bias": torch.zeros(3)},
-    {"text_model.embeddings.token_embedding.weight": torch.zeros(10, 4),
-     "vision_model.embeddings.class_embedding": torch.zeros(4)},
-    {},
-], ids=["plain-module", "hf-names", "empty"])
-def test_config_from_state_dict_rejects_non_clip(sd):
-    with pytest.raises(ValueError, match="not a CLIP state dict"):
-        config_from_state_dict(sd)
+def _text_tower_only() -> dict:
+    with torch.device("meta"):
+        sd = CLIP(ARCHITECTURES["ViT-B/16"]).state_dict()
+    return {k: v for k, v in sd.items() if not k.startswith("visual.")}
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda: {"weight": torch.zeros(3, 3), "bias": torch.zeros(3)}, "missing text_projection"),
+    (lambda: {"text_model.embeddings.token_embedding.weight": torch.zeros(10, 4),
+              "vision_model.embeddings.class_embedding": torch.zeros(4)}, "missing text_projection"),
+    (lambda: {}, "missing"),
+    (_text_tower_only, "no image encoder"),
+], ids=["plain-module", "hf-names", "empty", "text-tower-only"])
+def test_config_from_state_dict_rejects_non_clip(make, why):
+    with pytest.raises(ValueError, match=f"not a CLIP state dict: .*{why}"):
+        config_from_state_dict(make())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,3 +256,24 @@ def test_low_precision_agrees_with_fp32(fp32_models, arch, dtype, device):
     e_img, e_txt = _rel(img, ref_img), _rel(txt, ref_txt)
     print(f"[{arch} {dtype} {device}] rel max err image={e_img:.2e} text={e_txt:.2e}")
     assert e_img < REL_TOL[dtype] and e_txt < REL_TOL[dtype]
+
+
+def test_build_model_gelu_option_and_no_aliasing():
+    from maskclip.clip.model import CLIP, CLIPConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=16,
+                     context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                     transformer_layers=1)
+    src = CLIP(cfg).eval()
+    sd = src.state_dict()
+    quick, plain = build_model(sd), build_model(sd, quick_gelu=False)
+    assert isinstance(plain.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    assert plain.config.quick_gelu is False and quick.config.quick_gelu is True
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(quick.encode_image(x), src.encode_image(x))
+        assert (plain.encode_image(x) - quick.encode_image(x)).abs().max() > 1e-4
+        quick.visual.proj.add_(1.0)  # the built model owns its tensors
+    torch.testing.assert_close(sd["visual.proj"], src.visual.proj)
+    assert not torch.equal(quick.visual.proj, src.visual.proj)

@@ -5,7 +5,8 @@ crops the single process puts in those batch slots (the stream is a function of 
 normalised by the all-reduced number of labelled pixels, and DDP averages gradients; so every step is the
 same computation up to floating-point summation order. BN must not use batch statistics for this (per-rank
 statistics of 2 crops differ from those of 4; SyncBatchNorm is CUDA-only), hence freeze_bn=True. We assert
-losses to 1e-6 relative and all weights to 1e-6 after four steps (two teacher-guided, two self-training).
+losses to 1e-6 relative and all weights to 1e-7 after four steps (two teacher-guided, two self-training);
+measured: 1.8e-7 and 7.5e-9. With batch-statistics BN the same run differs by 4% in loss and 0.4 in weights.
 
 This file is also the worker: ``python -m torch.distributed.run --nproc_per_node 2 tests/test_plus_ddp.py OUT``.
 """
@@ -72,7 +73,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert got["world_size"] == 2 and got["teacher_calls"] == [2, 2]
     np.testing.assert_allclose(got["losses"], single["losses"], rtol=1e-6, atol=0)
     for k, v in single_state.items():
-        torch.testing.assert_close(got["state"][k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(got["state"][k], v, rtol=0, atol=1e-7, msg=lambda m: f"{k}: {m}")
     # the weights really moved, so the comparison is not vacuous
     assert (got["state"]["head.proj.weight"] - tiny_model().state_dict()["head.proj.weight"]).abs().max() > 1e-3
 

@@ -287,9 +287,10 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
 def test_sigterm_checkpoints_and_resume_matches(tmp_path):
     kw = dict(iterations=5)
     full = train(cfg(tmp_path, "full", **kw), tiny_model(), tiny_data(), LinearTeacher())
+    before = signal.getsignal(signal.SIGTERM)
     first = train(cfg(tmp_path, "term", **kw), tiny_model(), tiny_data(), LinearTeacher(sigterm_at=3))
-    assert first["status"] == "interrupted" and first["iteration"] == 3
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert first["status"] == "interrupted" and first["iteration"] == 3  # the 3rd iteration was finished
+    assert signal.getsignal(signal.SIGTERM) == before  # our handler is removed again
     rest = train(cfg(tmp_path, "term", **kw), tiny_model(seed=5), tiny_data(), LinearTeacher())
     assert first["losses"] + rest["losses"] == full["losses"]
     assert not list((tmp_path / "term").glob("*.tmp"))
@@ -317,6 +318,10 @@ def test_bad_configuration_is_reported(tmp_path):
         train(cfg(tmp_path, mode="zero-shot"), tiny_model(), tiny_data(), LinearTeacher())
     with pytest.raises(ValueError, match="mode"):
         train(cfg(tmp_path, mode="supervised"), tiny_model(), tiny_data(), LinearTeacher())
+
+    c = cfg(tmp_path, mode="zero-shot", unseen_ids=[3], seen_ids=[0], iterations=1)
+    with pytest.raises(ValueError, match=r"ids \[1\] that are neither seen"):
+        train(c, tiny_model(), tiny_data(), LinearTeacher())
 
     class WrongK(LinearTeacher):
         def __call__(self, x):

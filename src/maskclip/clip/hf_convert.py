@@ -97,7 +97,7 @@ def openai_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             a, b = f"{src}{i}.", f"{dst}{i}."
             ws = take(a + "attn.in_proj_weight").chunk(3, dim=0)
             bs = take(a + "attn.in_proj_bias").chunk(3, dim=0)
-            for name, w, bias in zip(("q_proj", "k_proj", "v_proj"), ws, bs):
+            for name, w, bias in zip(("q_proj", "k_proj", "v_proj"), ws, bs, strict=True):
                 out[f"{b}self_attn.{name}.weight"] = w.contiguous()
                 out[f"{b}self_attn.{name}.bias"] = bias.contiguous()
             for ours, theirs in _BLOCK:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ class CLIPConfig:
     transformer_heads: int
     transformer_layers: int
     vision_heads: int | None = None  # default: width // 64 (ViT) or width * 32 // 64 (ResNet)
+    quick_gelu: bool = True  # OpenAI's models; OpenCLIP's non-"quickgelu" LAION models use nn.GELU
 
     @property
     def is_vit(self) -> bool:
@@ -102,13 +103,13 @@ class QuickGELU(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block; tokens are batch-first [N, L, D]."""
 
-    def __init__(self, d_model: int, n_head: int, causal: bool = False):
+    def __init__(self, d_model: int, n_head: int, causal: bool = False, quick_gelu: bool = True):
         super().__init__()
         self.attn = nn.MultiheadAttention(d_model, n_head, batch_first=True)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
+            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
             ("c_proj", nn.Linear(d_model * 4, d_model)),
         ]))
         self.ln_2 = LayerNorm(d_model)
@@ -134,11 +135,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False, quick_gelu: bool = True):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal, quick_gelu)
+                                         for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resblocks(x)
@@ -157,7 +159,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], mode: str = "bicu
 
 class VisionTransformer(nn.Module):
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+                 output_dim: int, quick_gelu: bool = True):
         super().__init__()
         self.input_resolution = input_resolution
         self.patch_size = patch_size
@@ -167,7 +169,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -304,12 +306,13 @@ class CLIP(nn.Module):
         c = config
         if c.is_vit:
             self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
-                                            c.vision_layers, c.heads_visual, c.embed_dim)
+                                            c.vision_layers, c.heads_visual, c.embed_dim, c.quick_gelu)
         else:
             self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.heads_visual, c.image_resolution,
                                          c.vision_width)
         self.context_length = c.context_length
-        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True,
+                                       quick_gelu=c.quick_gelu)
         self.vocab_size = c.vocab_size
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
@@ -389,6 +392,9 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> CLIPConfig:
                if k not in sd]
     if missing:
         raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
+    if "visual.proj" not in sd and "visual.layer1.0.conv1.weight" not in sd:
+        raise ValueError("not a CLIP state dict: no image encoder "
+                         "(neither 'visual.proj' of a ViT nor 'visual.layer1.0.conv1.weight' of a ResNet)")
     if "visual.proj" in sd:
         width = sd["visual.conv1.weight"].shape[0]
         layers = _count_blocks(sd, "visual.transformer.resblocks.")
@@ -417,19 +423,29 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> CLIPConfig:
     )
 
 
-def build_model(sd: dict[str, torch.Tensor], config: CLIPConfig | None = None) -> CLIP:
-    """Instantiate a CLIP from a state dict, keeping the state dict's dtype (fp16 stays fp16)."""
-    sd = {k: v for k, v in sd.items() if k not in _NON_PARAMS}
+def build_model(sd: dict[str, torch.Tensor], config: CLIPConfig | None = None, quick_gelu: bool = True) -> CLIP:
+    """Instantiate a CLIP from a state dict.
+
+    The modules are created on the meta device and take the state dict's tensors directly, so no
+    time goes into a random initialisation that would be overwritten. A single-precision dict
+    (all fp16, say) gives a model of that precision; a mixed one (OpenAI's archives keep norms in
+    fp32) gives fp32. `quick_gelu=False` for OpenCLIP models trained with nn.GELU.
+    """
+    sd = {k: v.detach().clone() for k, v in sd.items() if k not in _NON_PARAMS}  # never alias the caller's
     config = config or config_from_state_dict(sd)
-    model = CLIP(config)
-    result = model.load_state_dict(sd, strict=False)
-    unexpected = [k for k in result.unexpected_keys]
-    if result.missing_keys or unexpected:
+    if config.quick_gelu != quick_gelu:
+        config = replace(config, quick_gelu=quick_gelu)
+    with torch.device("meta"):
+        model = CLIP(config)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(sd))
+    unexpected = sorted(set(sd) - expected)
+    if missing or unexpected:
         raise ValueError(
             "state dict does not match the CLIP architecture read off it: "
-            f"missing {result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}, "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    model.load_state_dict(sd, strict=True, assign=True)
     dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
-    if len(dtypes) == 1:
-        model.to(dtypes.pop())
+    model.to(dtypes.pop() if len(dtypes) == 1 else torch.float32)
     return model.eval()

@@ -149,16 +149,17 @@ def _finish(model: CLIP, device: str | torch.device, dtype: torch.dtype | None, 
 
 def load_clip(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
               dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-              progress: bool = True) -> CLIP:
+              progress: bool = True, quick_gelu: bool = True) -> CLIP:
     """Load a CLIP by OpenAI name, bundled name or checkpoint path, ready for inference (eval mode).
 
     dtype defaults to float32 on CPU and to the file's own precision elsewhere (OpenAI's files are
-    fp16, so CUDA gets fp16 as in openai/CLIP). Raises `WeightsError` with a message saying what to do.
+    fp16, so CUDA gets fp16 as in openai/CLIP). `quick_gelu=False` for OpenCLIP checkpoints trained with
+    nn.GELU (a state dict cannot tell). Raises `WeightsError` with a message saying what to do.
     """
     w = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
     sd = load_state_dict(w.path)
     try:
-        model = build_model(sd)
+        model = build_model(sd, quick_gelu=quick_gelu)
     except (ValueError, KeyError, RuntimeError) as e:
         raise WeightsError(f"{w.path}: not a CLIP checkpoint of a supported architecture: {e}") from None
     return _finish(model, device, dtype, w.name, w.sha256)

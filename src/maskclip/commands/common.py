@@ -35,6 +35,9 @@ def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> 
     g.add_argument("--random-weights", action="store_true",
                    help="use randomly initialised weights of the --model architecture (pipeline checks only; "
                         "outputs are labelled random and mean nothing)")
+    g.add_argument("--gelu", action="store_true",
+                   help="the checkpoint uses nn.GELU (OpenCLIP's LAION models not named *-quickgelu); OpenAI's use "
+                        "QuickGELU, the default")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -134,7 +137,7 @@ def load_model_from_args(args: argparse.Namespace):
             print(f"warning: --random-weights: {args.model} with RANDOM weights; the labels mean nothing",
                   file=sys.stderr)
             return random_clip(args.model, device=device)
-        return load_clip(args.weights or args.model, device=device)
+        return load_clip(args.weights or args.model, device=device, quick_gelu=not args.gelu)
     except WeightsError as err:
         raise SystemExit(f"error: {err}") from None
 

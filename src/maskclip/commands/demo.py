@@ -64,7 +64,7 @@ def register(subparsers) -> None:
                    help="dense feature path (default: value-only, the best on the toy CLIP)")
     p.add_argument("--ks", action="store_true", help="key smoothing")
     p.add_argument("--pd", action="store_true", help="prompt denoising")
-    p.add_argument("--scale", type=int, default=3, help="upscaling of the panels (default: 3)")
+    p.add_argument("--scale", type=int, default=4, help="upscaling of the panels (default: 4)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=run)
 
@@ -119,14 +119,14 @@ def run(args) -> int:
         known = [a or b for a, b in zip(known, known_i)]
         valid = gt != IGNORE
         cm += np.bincount(gt[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
-        shown_gt = np.where(valid, gt, pred) if valid.any() else None
         for name, img in ((f"scene{i:02d}_overlay.png", Image.fromarray(overlay(scene.image, pred, k))),
-                          (f"scene{i:02d}_panel.png", panel(scene.image, shown_gt, pred, queries, args.scale,
+                          (f"scene{i:02d}_panel.png", panel(scene.image, gt, pred, queries, args.scale,
                                                             title=scene.caption))):
             tmp = out / (name + ".tmp.png")
             img.save(tmp)
             os.replace(tmp, out / name)
 
+    print("panels: image | ground truth (dark grey: no query applies) | prediction")
     print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}, "
           f"{len(scenes)} held-out scenes, panels in {out}/")
     for i, s in enumerate(scenes[:3]):

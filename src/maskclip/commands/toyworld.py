@@ -53,20 +53,68 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch even if --out holds a checkpoint of the same config")
-    p.add_argument("--export", metavar="FILE.pt.gz", default=None,
-                   help="after training, write the gzipped fp16 state dict here and print its SHA-256")
+    p.add_argument("--bundle", metavar="NAME", default=None,
+                   help="after training, write NAME.pt.gz (fp16, gzipped) into the package's toyworld/weights/, "
+                        "measure its held-out mIoU and record it with its SHA-256 in manifest.json, so that "
+                        "load_clip(NAME) finds it (the bundled toy-vit: --bundle toy-vit)")
     p.set_defaults(func=_train)
 
 
 def _train(args) -> int:
-    from ..toyworld.train import TrainConfig, export_gzip, train
+    from ..toyworld.train import TrainConfig, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model = train(cfg, args.out, device=args.device, resume=not args.no_resume)
-    if args.export:
-        digest = export_gzip(model, args.export)
-        size = os.path.getsize(args.export)
-        print(f"wrote {args.export} ({size / 2**20:.2f} MiB) sha256 {digest}")
+    if args.bundle:
+        _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(args))
+    return 0
+
+
+def _command_line(args) -> str:
+    return "maskclip toyworld train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "maskclip toyworld train"
+
+
+def _bundle_model(model, name: str, cfg, command: str) -> None:
+    from ..toyworld.bundle import bundle
+
+    desc = (f"toy CLIP ({cfg.arch}, {cfg.image_size}px, width {cfg.vision_width}, {cfg.vision_layers} layers"
+            f"{f', patch {cfg.patch_size}' if cfg.arch == 'vit' else ''}) trained {cfg.steps} steps x "
+            f"{cfg.batch_size} on the maskclip toy world (seed {cfg.seed}, world seed {cfg.world_seed})")
+    bundle(model, name, desc, command)
+
+
+def _add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="package an already trained run as a bundled checkpoint",
+                       description="Export RUN/model.pt as NAME.pt.gz into the package's toyworld/weights/, "
+                                   "measure its held-out mIoU and record it in manifest.json.")
+    p.add_argument("--run", required=True, help="training output directory (holds model.pt and config.json)")
+    p.add_argument("--name", required=True, help="bundled name, e.g. toy-vit")
+    p.add_argument("--train-command", default=None,
+                   help="the command that trained it, recorded in the manifest (default: rebuilt from config.json)")
+    p.set_defaults(func=_bundle)
+
+
+def _bundle(args) -> int:
+    import torch
+
+    from ..clip.model import build_model
+    from ..toyworld.train import TrainConfig, config_from_dict
+
+    run = Path(args.run)
+    for f in ("model.pt", "config.json"):
+        if not (run / f).is_file():
+            print(f"error: {run / f} is missing; --run must be a finished `maskclip toyworld train` output",
+                  file=sys.stderr)
+            return 1
+    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    model = build_model(torch.load(run / "model.pt", map_location="cpu", weights_only=True)).float()
+    command = args.train_command
+    if command is None:
+        defaults = TrainConfig()
+        opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(TrainConfig)
+                if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every")]
+        command = " ".join(["maskclip toyworld train", *opts, f"--bundle {args.name}"])
+    _bundle_model(model, args.name, cfg, command)
     return 0
 
 
@@ -117,4 +165,5 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
     _add_train(sub)
     _add_render(sub)
+    _add_bundle(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -100,7 +100,8 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.array(image, copy=not image.flags.writeable, order="C"))
+        arr = np.ascontiguousarray(image)
+        image = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if image.ndim == 3:
         image = image.permute(2, 0, 1)[None]
     return image.float()
@@ -238,18 +239,25 @@ class MaskCLIP:
         h, w = features.image_size
         small = [self.scale_scores(sf, classifier) for sf in features.scales]
         k = small[0].shape[0]
+        need_probs = return_probs or len(small) > 1  # one scale: argmax of the scores is the argmax of probs
+        rows = h if 4 * k * h * w * 2 <= max_bytes else max(1, max_bytes // max(1, 4 * k * w * 2))
         labels = torch.empty(h, w, dtype=torch.long, device=small[0].device)
         probs = torch.empty(k, h, w, device=small[0].device) if return_probs else None
-        rows = max(1, max_bytes // max(1, 4 * k * w * 2))
-        mats = [(_interp_matrix(s.shape[1], h, s.device), _interp_matrix(s.shape[2], w, s.device)) for s in small]
+        mats = None
+        if rows < h:
+            mats = [(_interp_matrix(s.shape[1], h, s.device), _interp_matrix(s.shape[2], w, s.device)) for s in small]
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             p = 0
-            for s, (mh, mw) in zip(small, mats):
-                block = torch.einsum("Hh,khw,Ww->kHW", mh[r0:r1], s, mw)
-                p = p + self.to_probs(block)
-            p = p / len(small)
-            labels[r0:r1] = p.argmax(dim=0)
+            for i, s in enumerate(small):
+                if mats is None:
+                    block = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                else:
+                    block = torch.einsum("Hh,khw,Ww->kHW", mats[i][0][r0:r1], s, mats[i][1])
+                p = p + (self.to_probs(block) if need_probs else block)
+            if len(small) > 1:
+                p = p / len(small)
+            labels[r0:r1] = p.max(dim=0).indices
             if probs is not None:
                 probs[:, r0:r1] = p
         return labels, probs

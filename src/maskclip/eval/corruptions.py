@@ -138,8 +138,12 @@ def disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
 
 
 def _box3(x: np.ndarray) -> np.ndarray:
-    """cv2.blur(x, (3, 3)) with its reflect-101 border."""
-    return _correlate(np.asarray(x, dtype=np.float64), np.full((3, 3), 1 / 9), "reflect")
+    """cv2.blur(x, (3, 3)) with its reflect-101 border: exact float64 sums times 1/9 (OpenCV
+    sums float32 input in float64 too), so later truncations to uint8 agree with OpenCV."""
+    xp = np.pad(np.asarray(x, dtype=np.float64), 1, mode="reflect")
+    h, w = xp.shape[0] - 2, xp.shape[1] - 2
+    total = sum(xp[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+    return total * (1.0 / 9)
 
 
 # ----------------------------------------------------------------------------- spatter helpers
@@ -187,7 +191,9 @@ def _canny(img: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _edge_distance(edges: np.ndarray, cap: float) -> np.ndarray:
-    """Euclidean distance to the nearest edge pixel, capped at ``cap`` (exact below the cap)."""
+    """Euclidean distance to the nearest edge pixel, capped at ``cap`` (exact below the cap).
+
+    Reference implementation for tests; spatter uses ``_chamfer_distance`` (OpenCV's)."""
     h, w = edges.shape
     big = float(h + w + cap + 1)
     # 1-D distance along each row, then the lower envelope over rows within +-cap
@@ -204,6 +210,51 @@ def _edge_distance(edges: np.ndarray, cap: float) -> np.ndarray:
         best[dy:] = np.minimum(best[dy:], g[:-dy] ** 2 + dy * dy)
         best[:-dy] = np.minimum(best[:-dy], g[dy:] ** 2 + dy * dy)
     return np.minimum(np.sqrt(best), cap)
+
+
+def _chamfer_distance(edges: np.ndarray) -> np.ndarray:
+    """cv2.distanceTransform(255 - edges, DIST_L2, 5): the 5x5 chamfer distance to the
+    nearest edge pixel, with OpenCV's weights 1, 1.4, 2.1969 in 16.16 fixed point and its two
+    raster passes (each row is vectorised: the in-row dependency is a running minimum)."""
+    shift = 16
+    a, b, c = (int(np.round(v * (1 << shift))) for v in (1.0, 1.4, 2.1969))
+    h, w = edges.shape
+    far = np.int64(2**31 - 1)
+    B = 2  # border of "far" cells around the image, as OpenCV's temp buffer
+    t = np.full((h + 2 * B, w + 2 * B), far, dtype=np.int64)
+    src = edges.astype(bool)
+    cols = np.arange(w, dtype=np.int64)
+
+    def row_scan(vals: np.ndarray, step: int, reverse: bool) -> np.ndarray:
+        # d[j] = min_k<=j (vals[k] + step * (j - k)), scanning left-to-right (or right-to-left)
+        v = vals[::-1] if reverse else vals
+        out = np.minimum.accumulate(v - step * cols) + step * cols
+        return out[::-1] if reverse else out
+
+    # forward pass: neighbours above and to the left
+    for i in range(h):
+        r = i + B
+        up1, up2 = t[r - 1], t[r - 2]
+        cand = np.minimum.reduce([
+            up2[B - 1 : B - 1 + w] + c, up2[B + 1 : B + 1 + w] + c,
+            up1[B - 2 : B - 2 + w] + c, up1[B - 1 : B - 1 + w] + b, up1[B : B + w] + a,
+            up1[B + 1 : B + 1 + w] + b, up1[B + 2 : B + 2 + w] + c,
+        ])
+        cand = np.where(src[i], 0, cand)
+        # the left neighbour (0, -1) + a; a zero source restarts the chain
+        t[r, B : B + w] = np.where(src[i], 0, row_scan(cand, a, reverse=False))
+    # backward pass: neighbours below and to the right, and the current value
+    for i in range(h - 1, -1, -1):
+        r = i + B
+        dn1, dn2 = t[r + 1], t[r + 2]
+        cand = np.minimum.reduce([
+            t[r, B : B + w],
+            dn2[B + 1 : B + 1 + w] + c, dn2[B - 1 : B - 1 + w] + c,
+            dn1[B + 2 : B + 2 + w] + c, dn1[B + 1 : B + 1 + w] + b, dn1[B : B + w] + a,
+            dn1[B - 1 : B - 1 + w] + b, dn1[B - 2 : B - 2 + w] + c,
+        ])
+        t[r, B : B + w] = row_scan(cand, a, reverse=True)
+    return (t[B : B + h, B : B + w].astype(np.float64) * (1.0 / (1 << shift))).astype(np.float32)
 
 
 def _equalize_hist(img: np.ndarray) -> np.ndarray:
@@ -261,8 +312,8 @@ def _spatter(x, c, rng):
     liquid[liquid < thresh] = 0
     if mud == 0:
         layer = (np.clip(liquid, 0, 255 / 256) * 255).astype(np.uint8)  # never > 1 in practice
-        dist = _edge_distance(_canny(layer, 50, 150), cap=20.0)
-        dist = _box3(dist).astype(np.uint8)
+        dist = np.minimum(_chamfer_distance(_canny(layer, 50, 150)), np.float32(20))  # THRESH_TRUNC
+        dist = _box3(dist).astype(np.float32).astype(np.uint8)  # float32 result, then truncation
         dist = _equalize_hist(dist)
         emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
         dist = np.clip(np.round(_correlate(dist.astype(np.float64), emboss, "reflect")), 0, 255)  # CV_8U

@@ -93,9 +93,10 @@ class TrainConfig:
         return int(round(float(frac) * self.iterations))
 
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(crop_size=tuple(self.crop_size), scale=tuple(self.scale),  # type: ignore[arg-type]
-                             photometric=self.photometric, mean=tuple(self.mean), std=tuple(self.std),  # type: ignore[arg-type]
-                             ignore_index=self.ignore_index)
+        return AugmentConfig(
+            crop_size=(int(self.crop_size[0]), int(self.crop_size[1])), scale=(int(self.scale[0]), int(self.scale[1])),
+            photometric=self.photometric, mean=tuple(self.mean), std=tuple(self.std),  # type: ignore[arg-type]
+            ignore_index=self.ignore_index)
 
     def validate(self, world_size: int = 1) -> None:
         if self.mode not in MODES:
@@ -109,7 +110,8 @@ class TrainConfig:
             raise ValueError("zero-shot training needs TrainConfig.unseen_ids (the classes without annotations)")
         frac = self.self_train_after
         if frac not in ("auto", None) and not (isinstance(frac, (int, float)) and 0 <= frac <= 1):
-            raise ValueError(f"TrainConfig.self_train_after must be a fraction in [0, 1], None or 'auto', got {frac!r}")
+            raise ValueError(f"TrainConfig.self_train_after must be a fraction in [0, 1], None or 'auto', "
+                             f"got {frac!r}")
         if self.self_train_source not in ("eval", "shared"):
             raise ValueError("TrainConfig.self_train_source must be 'eval' or 'shared'")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -389,7 +391,9 @@ def _train(cfg: TrainConfig, model: nn.Module, dataset: Any, teacher: Teacher | 
     if cfg.amp and device.type != "cuda" and is_main:
         log.info("amp requested but device is %s: training in fp32", device)
 
-    num_classes = int(getattr(model, "num_classes"))
+    if not hasattr(model, "num_classes"):
+        raise TypeError("model must expose num_classes (use maskclip.plus.models.build_target_model)")
+    num_classes = int(model.num_classes)
     if 0 <= cfg.ignore_index < num_classes:
         raise ValueError(f"ignore_index={cfg.ignore_index} is a class id (model has {num_classes} classes); "
                          "choose an ignore_index >= num_classes")
@@ -411,7 +415,8 @@ def _train(cfg: TrainConfig, model: nn.Module, dataset: Any, teacher: Teacher | 
 
     start = 0
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # CPU first: RNG states must stay CPU tensors; load_state_dict moves weights/optimizer state over
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck.get("format") != "maskclip-plus-train/1":
             raise ValueError(f"{ckpt_path}: not a MaskCLIP+ training checkpoint")
         old = ck.get("config", {})
@@ -530,6 +535,15 @@ def _train(cfg: TrainConfig, model: nn.Module, dataset: Any, teacher: Teacher | 
                 if is_main:
                     print(f"[maskclip+] SIGTERM: checkpoint written at iteration {it} ({ckpt_path})", flush=True)
                 break
+    except Exception:
+        # SIGTERM to the whole process group can kill DataLoader workers before the loop sees the flag;
+        # the state after `it` completed iterations is still consistent, so keep it
+        if not stop_flag["set"]:
+            raise
+        checkpoint(it, rng_after)
+        status = "interrupted"
+        if is_main:
+            print(f"[maskclip+] SIGTERM: checkpoint written at iteration {it} ({ckpt_path})", flush=True)
     except KeyboardInterrupt:
         checkpoint(it, rng_after)
         if is_main:

@@ -10,8 +10,6 @@ leaves them exactly zero, so the saved checkpoint is mostly zeros and gzips to a
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
 import os
@@ -37,7 +35,7 @@ class TrainConfig:
     """One training run. The defaults are the bundled `toy-vit` recipe."""
 
     arch: str = "vit"  # "vit" or "resnet"
-    image_size: int = 96
+    image_size: int = 64
     patch_size: int = 8  # ViT only
     vision_width: int = 128  # ViT width (heads = width // 64); ResNet stem width (attnpool heads = width*32//64)
     vision_layers: int = 4  # ViT blocks; ResNet uses (1, 1, 1, 1)
@@ -45,11 +43,11 @@ class TrainConfig:
     text_width: int = 128
     text_layers: int = 3
     context_length: int = 32
-    steps: int = 2000
+    steps: int = 600
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: int = 100
+    warmup: int = 50
     seed: int = 0  # model init
     world_seed: int = 0
     log_every: int = 50
@@ -190,21 +188,6 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     model.eval()
     _atomic_save(model.state_dict(), out / "model.pt")
     return model
-
-
-def export_gzip(model: CLIP, path: str | Path, dtype: torch.dtype = torch.float16) -> str:
-    """Write the state dict (cast to `dtype`) as a gzipped `torch.save` file; returns its SHA-256."""
-    import hashlib
-
-    sd = {k: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for k, v in model.state_dict().items()}
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
-        gz.write(buf.getvalue())
-    os.replace(tmp, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def config_from_dict(d: dict) -> TrainConfig:

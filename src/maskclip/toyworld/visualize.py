@@ -20,9 +20,16 @@ def palette(k: int) -> np.ndarray:
     return np.concatenate([PALETTE, rng.integers(0, 256, (k - len(PALETTE), 3), dtype=np.uint8)])
 
 
-def colourise(labels: np.ndarray, k: int | None = None) -> np.ndarray:
-    k = int(labels.max()) + 1 if k is None else k
-    return palette(max(k, 1))[labels]
+IGNORE_COLOUR = np.array([60, 60, 60], np.uint8)
+
+
+def colourise(labels: np.ndarray, k: int | None = None, ignore: int = 255) -> np.ndarray:
+    """RGB image of a label map; `ignore` (no ground truth) is dark grey."""
+    valid = labels != ignore
+    k = (int(labels[valid].max()) + 1 if valid.any() else 1) if k is None else k
+    out = palette(max(k, 1))[np.where(valid, labels, 0)]
+    out[~valid] = IGNORE_COLOUR
+    return out
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, k: int, alpha: float = 0.55) -> np.ndarray:
@@ -31,7 +38,10 @@ def overlay(image: np.ndarray, labels: np.ndarray, k: int, alpha: float = 0.55) 
 
 def panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, class_names: list[str],
           scale: int = 3, title: str = "") -> Image.Image:
-    """image | ground truth | prediction, upscaled (nearest), with a legend of the predicted classes."""
+    """image | ground truth | prediction, upscaled (nearest), with a legend of the classes shown.
+
+    Ground-truth pixels labelled 255 (no query applies there) are drawn dark grey.
+    """
     k = len(class_names)
     tiles = [image] + ([colourise(gt, k)] if gt is not None else []) + [colourise(pred, k)]
     h, w = image.shape[:2]
@@ -39,7 +49,7 @@ def panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, class_name
                             for t in tiles], axis=1)
     font = ImageFont.load_default()
     row_h = 14
-    present = sorted(set(np.unique(pred).tolist()) | (set(np.unique(gt).tolist()) if gt is not None else set()))
+    present = sorted(set(np.unique(pred).tolist()) | (set(np.unique(gt).tolist()) - {255} if gt is not None else set()))
     legend_h = row_h * ((len(present) + 2) // 3) + 6
     top = row_h + 4 if title else 0
     canvas = Image.new("RGB", (strip.shape[1], strip.shape[0] + legend_h + top), "white")

@@ -37,7 +37,7 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 class WorldConfig:
     """Knobs of the generator; the defaults are the world the bundled checkpoints were trained on."""
 
-    size: int = 96
+    size: int = 64
     min_objects: int = 1
     max_objects: int = 4
     min_object_size: float = 0.22  # object bounding-box height as a fraction of the image side

@@ -1,0 +1,80 @@
+"""Package a trained toy CLIP: gzipped fp16 state dict + a manifest entry `load_clip` understands.
+
+The manifest records the file's SHA-256, the one command that trains it, and the held-out mIoU
+the tests hold it to (`check`: a quick 40-scene version of the same measurement).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..clip.model import CLIP
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def export_gzip(model: CLIP, path: str | Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write the state dict (cast to `dtype`) as a gzipped `torch.save` file; returns its SHA-256.
+
+    gzip's header timestamp is fixed (mtime=0) so the same weights always give the same bytes.
+    """
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(buf.getvalue())
+    os.replace(tmp, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def update_manifest(name: str, entry: dict, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
+    """Add or replace one entry of `manifest.json` (written atomically)."""
+    path = Path(weights_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest[name] = entry
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def bundle(model: CLIP, name: str, description: str, train_command: str, weights_dir: str | Path = WEIGHTS_DIR,
+           scenes: int = 200, check_scenes: int = 40, seed: int = 0, log=print) -> dict:
+    """Export `model` as `<name>.pt.gz`, measure it through the fp16 round trip, write its manifest entry."""
+    from ..clip.weights import load_clip
+    from .evaluate import BEST_VARIANT, VARIANTS, evaluate_segmentation, heldout_scenes, toy_config
+
+    weights_dir = Path(weights_dir)
+    file = f"{name}.pt.gz"
+    digest = export_gzip(model, weights_dir / file)
+    reloaded = load_clip(weights_dir / file)  # what users get: fp16 weights, fp32 on CPU
+    size = reloaded.visual.input_resolution
+    config = toy_config(**VARIANTS[BEST_VARIANT])
+    full = evaluate_segmentation(reloaded, heldout_scenes(scenes, seed=seed, size=size), config)
+    check = evaluate_segmentation(reloaded, heldout_scenes(check_scenes, seed=seed, size=size), config)
+    entry = {
+        "file": file,
+        "sha256": digest,
+        "description": description,
+        "image_size": size,
+        "train_command": train_command,
+        "heldout_miou": round(100 * full.miou, 2),
+        "heldout": {"scenes": scenes, "seed": seed, "variant": BEST_VARIANT,
+                    "per_class_iou": {k: round(100 * v, 1) for k, v in full.per_class().items()}},
+        "check": {"scenes": check_scenes, "seed": seed, "variant": BEST_VARIANT, "miou": round(100 * check.miou, 2)},
+    }
+    update_manifest(name, entry, weights_dir)
+    log(f"{name}: {weights_dir / file} ({(weights_dir / file).stat().st_size / 2**20:.2f} MiB) sha256 {digest}; "
+        f"held-out mIoU {entry['heldout_miou']} ({scenes} scenes, {BEST_VARIANT})")
+    return entry
