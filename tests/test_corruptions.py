@@ -9,7 +9,7 @@ from maskclip.eval.corruptions import (
     CORRUPTIONS,
     PARAMETERS,
     _canny,
-    _edge_distance,
+    _chamfer_distance,
     _equalize_hist,
     corrupt,
     disk_kernel,
@@ -161,15 +161,27 @@ def test_canny_step_edge_is_one_pixel_wide():
     assert e[:, 7].all() and e.sum() == 12
 
 
-def test_edge_distance_exact_against_brute_force():
+def test_chamfer_distance_weights_and_accuracy():
+    edges = np.zeros((9, 9), bool)
+    edges[4, 4] = True
+    d = _chamfer_distance(edges, cap=20.0)
+    # OpenCV's 5x5 L2 chamfer steps: 1 (axial), 1.4 (diagonal), 2.1969 (knight's move)
+    assert d[4, 4] == 0 and d[4, 5] == 1 and d[3, 3] == pytest.approx(1.4)
+    assert d[3, 6] == pytest.approx(2.1969) and d[2, 2] == pytest.approx(2.8)
+    assert d[4, 8] == 4 and d[3, 8] == pytest.approx(2.1969 + 2)
+    # against the exact Euclidean distance (brute force) on random edges: within 3 %
     rng = np.random.default_rng(0)
     edges = rng.random((30, 40)) < 0.01
-    d = _edge_distance(edges, cap=20.0)
+    d = _chamfer_distance(edges, cap=20.0)
     ys, xs = np.nonzero(edges)
     gy, gx = np.mgrid[0:30, 0:40]
-    brute = np.sqrt((gy[..., None] - ys) ** 2 + (gx[..., None] - xs) ** 2).min(axis=2)
-    np.testing.assert_allclose(d, np.minimum(brute, 20.0), atol=1e-12)
-    assert (_edge_distance(np.zeros((5, 5), bool), cap=20.0) == 20).all()
+    exact = np.sqrt((gy[..., None] - ys) ** 2 + (gx[..., None] - xs) ** 2).min(axis=2)
+    far = exact >= 20.6  # chamfer overestimates by at most ~3 %: these must be capped
+    assert (d[far] == 20).all()
+    near = exact > 0
+    np.testing.assert_allclose(d[near & ~far], np.minimum(exact[near & ~far], 20), rtol=0.03)
+    assert (d[exact == 0] == 0).all()
+    assert (_chamfer_distance(np.zeros((5, 5), bool), cap=20.0) == 20).all()
 
 
 def test_equalize_hist_like_opencv():

@@ -317,6 +317,26 @@ def test_ade20k_reduce_zero_label(tmp_path):
     np.testing.assert_array_equal(ds[0].label, [[255, 0], [149, 16]])
 
 
+def test_ade20k_and_cityscapes_flat_layouts(tmp_path):
+    _image(tmp_path / "ade/images/ADE_val_00000009.jpg", 2, 2)
+    _label(tmp_path / "ade/annotations/ADE_val_00000009.png", [[0, 3], [3, 150]])
+    np.testing.assert_array_equal(open_dataset("ade150", tmp_path / "ade")[0].label, [[255, 2], [2, 149]])
+    _image(tmp_path / "cs/leftImg8bit/lindau_000000_000019_leftImg8bit.png", 1, 3)
+    _label(tmp_path / "cs/gtFine/lindau_000000_000019_gtFine_labelTrainIds.png", [[0, 18, 255]])
+    ds = open_dataset("cityscapes", tmp_path / "cs")
+    assert ds.names == ["lindau_000000_000019"]
+    np.testing.assert_array_equal(ds[0].label, [[0, 18, 255]])
+
+
+def test_corrupt_label_file_names_it(voc_root):
+    root, _ = voc_root
+    bad = root / "VOCdevkit/VOC2012/SegmentationClass/2007_000001.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    ds = open_dataset("voc21", root)
+    with pytest.raises(ValueError, match="2007_000001.png"):
+        ds[0]
+
+
 def test_cityscapes_label_ids_mapped_with_official_table(tmp_path):
     img = tmp_path / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
     _image(img, 2, 5)

@@ -145,3 +145,31 @@ def load_model_from_args(args: argparse.Namespace):
 def settings_dict(config: MaskCLIPConfig) -> dict:
     d = asdict(config)
     return {f.name: (list(d[f.name]) if isinstance(d[f.name], tuple) else d[f.name]) for f in fields(config)}
+
+
+# argparse dest -> MaskCLIPConfig field, for commands whose presets the user may override option by option
+_CONFIG_FIELDS = {"path": "path", "ks": "ks", "ks_form": "ks_form", "pd": "pd", "pd_threshold": "pd_threshold",
+                  "logit_scale": "logit_scale", "mode": "mode", "resize": "resize", "size": "size",
+                  "scales": "scales", "crop": "crop", "stride": "stride", "window_batch": "window_batch",
+                  "normalize": "normalize", "interpolation": "interpolation", "dtype": "dtype"}
+
+
+def unset_maskclip_defaults(p: argparse.ArgumentParser) -> None:
+    """Make every MaskCLIP option default to None, so that a preset fills what the user did not give."""
+    p.set_defaults(**{dest: None for dest in _CONFIG_FIELDS}, templates=None)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    for dest, name in _CONFIG_FIELDS.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if name == "size":
+            v = tuple(v) if len(v) > 1 else (v[0], v[0])
+        elif name == "scales":
+            v = tuple(v)
+        elif name == "dtype":
+            v = None if v == "fp32" else v
+        out[name] = v
+    return out

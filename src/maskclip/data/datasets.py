@@ -163,8 +163,8 @@ COCO_STUFF_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 _COCO_STUFF_LUT = np.full(256, 255, dtype=np.int64)
 _COCO_STUFF_LUT[[i for i in range(182) if i not in COCO_STUFF_UNUSED_IDS]] = np.arange(171)
 
-# Cityscapes labelIds (0..33, -1 license plate stored as 255 in 8-bit PNGs) -> the 19 train ids
-# (cityscapesScripts labels.py); everything else is ignore (255).
+# Cityscapes labelIds (0..33) -> the 19 train ids
+# (cityscapesScripts labels.py); every other value (void classes, 255) is ignore (255).
 CITYSCAPES_ID_TO_TRAINID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
