@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .common import (add_maskclip_options, add_model_options, add_vocabulary_options, config_from_args,
-                     load_model_from_args, settings_dict, templates_from_arg)
+                     resolve_device, settings_dict, templates_from_arg)
 
 EPILOG = """examples:
   maskclip segment photo.jpg --classes "cat,dog" --out masks/
@@ -50,7 +50,7 @@ def prepare(args: argparse.Namespace):
     """Shared by segment and label: vocabulary, files, predictor and the metadata every sidecar carries."""
     from ..annotate import Vocabulary
     from ..data.image_io import list_images
-    from ..dense.predictor import MaskCLIPPredictor
+    from ..predictors import predictor_identity
 
     try:
         classes = classes_from_arg(args.classes)
@@ -62,12 +62,34 @@ def prepare(args: argparse.Namespace):
         templates = templates_from_arg(args.templates)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    model = load_model_from_args(args)
-    predictor = MaskCLIPPredictor(model, device=next(model.parameters()).device, templates=templates, config=config)
-    meta = {"model": getattr(model, "weights_name", args.model),
-            "model_sha256": getattr(model, "weights_sha256", None),
+    predictor = predictor_from_args(args, config, templates)
+    ident = predictor_identity(predictor)
+    meta = {"model": ident["model"] or args.model, "model_sha256": ident["model_sha256"],
             "settings": settings_dict(config), "templates": args.templates}
+    if ident["kind"] == "maskclip+":
+        meta["kind"] = "maskclip+"
     return Vocabulary(classes, background, args.threshold), files, predictor, meta
+
+
+def predictor_from_args(args: argparse.Namespace, config, templates):
+    """MaskCLIP for a CLIP --model/--weights; MaskCLIP+ when --model is a checkpoint written by `maskclip train`
+    (then --weights, if given, is the CLIP whose text encoder embeds new class names)."""
+    from ..clip.weights import WeightsError
+    from ..predictors import is_plus_checkpoint, load_predictor
+
+    device = resolve_device(args.device)
+    plus = is_plus_checkpoint(args.model)
+    if args.random_weights and not plus:
+        print(f"warning: --random-weights: {args.model} with RANDOM weights; the labels mean nothing",
+              file=sys.stderr)
+    try:
+        if plus:
+            return load_predictor(args.model, device, templates, config, quick_gelu=not args.gelu,
+                                  clip_weights=args.weights)
+        return load_predictor(args.weights or args.model, device, templates, config, quick_gelu=not args.gelu,
+                              random_weights=args.random_weights)
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

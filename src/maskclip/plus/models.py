@@ -182,6 +182,7 @@ def load_target_model(path: str | Path, map_location: str | torch.device = "cpu"
                                logit_scale=meta["logit_scale"], head_channels=meta.get("head_channels", 128),
                                warn_random_init=False)
     model.load_state_dict(ckpt["model"])
+    model.meta = {**meta, **model.meta}  # keep what the trainer recorded (CLIP, templates, classes, ...)
     return model
 
 

@@ -1,0 +1,246 @@
+"""A trained MaskCLIP+ network behind the same interface as `MaskCLIPPredictor`.
+
+`set_image` runs the target network once and caches its per-pixel embeddings; `predict(classes)` scores
+them against text embeddings, so a trained network still takes any vocabulary: new names are embedded
+with the CLIP text encoder and prompt templates recorded in the checkpoint (the ones it was trained
+against). The checkpoint's own classes are scored with the stored classifier itself, which needs no
+text encoder at all.
+
+Geometry (resize, whole/slide, multi-scale) follows the `MaskCLIPConfig` given, so MaskCLIP and
+MaskCLIP+ can be run and compared with the same options; the input normalisation is always the one the
+network was trained with (recorded in the checkpoint), and the MaskCLIP-only options (path, KS, PD,
+logit scale) do not apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..dense.inference import MaskCLIPConfig, resized_size, slide_windows, to_tensor
+from ..dense.predictor import BACKGROUND, UNKNOWN, Prediction, apply_threshold
+from ..dense.text import TextClassifier, build_text_classifier, normalize_classes
+from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .models import SegmentationModel, load_target_model
+
+_MARKERS = (b"maskclip-plus-model/1", b"maskclip-plus-train/1")
+
+
+def is_plus_checkpoint(path: str | Path) -> bool:
+    """True for a MaskCLIP+ model file (model.pt) or training checkpoint (checkpoint.pt).
+
+    Cheap: looks for the format tag in the pickle of the torch.save zip archive without unpickling
+    anything, so it is safe on any file (a CLIP name, a gzip'd state dict, a directory: False).
+    """
+    p = Path(path)
+    try:
+        if not p.is_file() or not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(names) != 1:
+                return False
+            with z.open(names[0]) as f:
+                head = f.read(1 << 16)
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(m in head for m in _MARKERS)
+
+
+@dataclass
+class _ScaleFeatures:
+    feats: torch.Tensor  # [N_windows, C, h, w] head embeddings
+    windows: list[tuple[int, int, int, int]]  # (y1, y2, x1, x2) in the resized image
+    size: tuple[int, int]  # resized image (H', W')
+
+
+class PlusPredictor:
+    """Open-vocabulary segmentation with a trained MaskCLIP+ network.
+
+        p = PlusPredictor("runs/voc/model.pt")
+        p.set_image(rgb)                         # runs the target network once
+        pred = p.predict(["cat", "dog", "sofa"])  # any names; cheap
+
+    clip: the CLIP whose text encoder embeds new vocabularies (a CLIP, a name or a path); default: the
+    one recorded in the checkpoint, loaded on first use and checked against its SHA-256.
+    templates: default: the checkpoint's.
+    """
+
+    def __init__(self, checkpoint: str | Path | SegmentationModel, device: str | torch.device | None = None,
+                 config: MaskCLIPConfig | None = None, clip: Any = None,
+                 templates: str | list[str] | None = None, quick_gelu: bool | None = None):
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if isinstance(checkpoint, SegmentationModel):
+            self.net, self.path = checkpoint, None
+        else:
+            self.path = Path(checkpoint)
+            if not is_plus_checkpoint(self.path):
+                raise ValueError(f"{self.path}: not a MaskCLIP+ checkpoint (write one with `maskclip train`)")
+            self.net = load_target_model(self.path)
+        self.net = self.net.to(self.device).eval()
+        self.meta: dict[str, Any] = dict(self.net.meta)
+        self.config = config or MaskCLIPConfig()
+        rec = self.meta.get("templates")
+        self.templates: str | list[str] = templates if templates is not None else (rec if rec else "85")
+        self._clip_arg = clip
+        self._quick_gelu = quick_gelu if quick_gelu is not None else bool(self.meta.get("clip", {}).get("quick_gelu", True))
+        self._clip = None
+        self.mean = tuple(self.meta.get("mean", IMAGENET_MEAN))
+        self.std = tuple(self.meta.get("std", IMAGENET_STD))
+        self.features: list[_ScaleFeatures] | None = None
+        self.image_size: tuple[int, int] | None = None
+        self._classifiers: dict[tuple, TextClassifier] = {}
+
+    # ---- identity, for sidecars and reports ---------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.path) if self.path is not None else "maskclip+:" + str(self.meta.get("name"))
+
+    @property
+    def model_sha256(self) -> str | None:
+        if self.path is None:
+            return None
+        from ..clip.download import file_sha256
+
+        return file_sha256(self.path)
+
+    @property
+    def trained_classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    # ---- text side ----------------------------------------------------------------------------------
+    def text_encoder(self):
+        """The CLIP used to embed new vocabularies (loaded once, on first use)."""
+        if self._clip is None:
+            self._clip = self._load_clip().to(self.device).eval()
+        return self._clip
+
+    def _load_clip(self):
+        from ..clip.model import CLIP
+        from ..clip.weights import WeightsError, load_clip, random_clip
+
+        if isinstance(self._clip_arg, CLIP):
+            return self._clip_arg
+        rec = self.meta.get("clip") or {}
+        name = self._clip_arg or rec.get("name")
+        if not name:
+            raise ValueError(f"{self.model_name}: the checkpoint records no CLIP, so new class names cannot be "
+                             "embedded; pass the CLIP it was trained with (--weights PATH / clip=...)")
+        if self._clip_arg is None and str(name).startswith("random:"):
+            _, arch, seed = str(name).split(":")
+            return random_clip(arch, seed=int(seed.removeprefix("seed")))
+        try:
+            model = load_clip(name, quick_gelu=self._quick_gelu)
+        except WeightsError as err:
+            raise WeightsError(f"{self.model_name}: cannot load the CLIP text encoder {name!r} it was trained with "
+                               f"({err}); pass it with --weights PATH (Python: clip=PATH)") from None
+        want = rec.get("sha256")
+        if self._clip_arg is None and want and getattr(model, "weights_sha256", None) not in (None, want):
+            raise WeightsError(f"{self.model_name}: CLIP {name!r} has SHA-256 {model.weights_sha256}, the network "
+                               f"was trained against {want}; pass the right weights with --weights PATH")
+        return model
+
+    def classifier(self, classes: list[str | list[str]]) -> TextClassifier:
+        """Name embeddings for `classes`; the stored classifier when they are the trained classes."""
+        key = tuple(tuple(c) for c in normalize_classes(classes))
+        if key not in self._classifiers:
+            names = [list(c) for c in key]
+            trained = self.trained_classes
+            if trained and all(len(c) == 1 for c in names) and [c[0] for c in names] == trained \
+                    and self.templates == self.meta.get("templates"):
+                w = self.net.classifier.weight.detach().float().cpu()
+                clf = TextClassifier(w, torch.arange(len(names)), [c[0] for c in names])
+            else:
+                clf = build_text_classifier(self.text_encoder(), names, self.templates)
+            self._classifiers[key] = clf
+        return self._classifiers[key]
+
+    # ---- image side ---------------------------------------------------------------------------------
+    def _autocast(self):
+        dt = self.config.dtype
+        if dt is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dt])
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> None:
+        """Run the network on an HxWx3 uint8 RGB image (every scale and window) and cache its embeddings."""
+        cfg = self.config
+        x = to_tensor(image).to(self.device)
+        m = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        x = (x - m) / s
+        h, w = x.shape[-2:]
+        sizes = [cfg.size] if not cfg.scales else [(v, v) for v in cfg.scales]
+        out = []
+        for size in sizes:
+            th, tw = resized_size(h, w, cfg.resize, size)
+            xs = x if (th, tw) == (h, w) else F.interpolate(x, size=(th, tw), mode=cfg.interpolation,
+                                                            align_corners=False)
+            windows = [(0, th, 0, tw)] if cfg.mode == "whole" else slide_windows(th, tw, cfg.crop, cfg.stride)
+            feats = []
+            for i in range(0, len(windows), cfg.window_batch):
+                batch = torch.cat([xs[..., y1:y2, x1:x2] for (y1, y2, x1, x2) in windows[i:i + cfg.window_batch]])
+                with self._autocast():
+                    feats.append(self.net.features(batch).float())
+            out.append(_ScaleFeatures(torch.cat(feats), windows, (th, tw)))
+        self.features, self.image_size = out, (h, w)
+
+    def _scale_logits(self, sf: _ScaleFeatures, clf: TextClassifier) -> torch.Tensor:
+        """Class logits [K, H', W'] over one resized image; overlapping windows averaged."""
+        tc = self.net.classifier
+        feats = F.normalize(sf.feats, dim=1) if tc.normalize_features else sf.feats
+        emb = clf.embeddings.to(feats.device, feats.dtype)
+        logits = clf.class_logits(torch.einsum("nchw,kc->nkhw", feats, emb) * tc.logit_scale)
+        th, tw = sf.size
+        if len(sf.windows) == 1:
+            return F.interpolate(logits, size=(th, tw), mode="bilinear", align_corners=False)[0]
+        acc = logits.new_zeros(logits.shape[1], th, tw)
+        count = logits.new_zeros(1, th, tw)
+        for i, (y1, y2, x1, x2) in enumerate(sf.windows):
+            acc[:, y1:y2, x1:x2] += F.interpolate(logits[i:i + 1], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                  align_corners=False)[0]
+            count[:, y1:y2, x1:x2] += 1
+        return acc / count
+
+    @torch.no_grad()
+    def predict(self, classes: list[str | list[str]], background: list[str] | None = None,
+                threshold: float | None = None, return_probs: bool = True) -> Prediction:
+        """Same contract as MaskCLIPPredictor.predict (synonyms: max over names; background merged;
+        threshold -> background or 'unknown'). Probabilities: softmax of the network's logits, averaged
+        over scales."""
+        if self.features is None or self.image_size is None:
+            raise RuntimeError("call set_image(image) before predict(classes)")
+        all_classes = normalize_classes(classes)
+        if background:
+            all_classes.append(list(background))
+        names = [c[0] for c in all_classes]
+        if background:
+            names[-1] = BACKGROUND
+        clf = self.classifier(all_classes)
+        h, w = self.image_size
+        probs = 0
+        for sf in self.features:
+            logits = self._scale_logits(sf, clf)
+            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            probs = probs + torch.softmax(logits, dim=0)
+        probs = probs / len(self.features)
+        labels = probs.argmax(dim=0)
+        if threshold is not None:
+            fallback = len(names) - 1 if background else len(names)
+            labels = apply_threshold(labels, probs, threshold, fallback)
+            if not background:
+                names.append(UNKNOWN)
+        return Prediction(labels.cpu().numpy(), probs.cpu().numpy() if return_probs else None, names)
+
+
+__all__ = ["PlusPredictor", "is_plus_checkpoint"]
