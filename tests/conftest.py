@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random CLIPs of both families and the location of ../shared/data."""
+"""Shared fixtures: tiny random CLIPs of both families, random-weight filling, and ../shared/data."""
 
 from __future__ import annotations
 
@@ -21,35 +21,54 @@ def tiny_config(vit: bool = True, embed_dim: int = 32) -> CLIPConfig:
                       **common)
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter (LayerNorm and BatchNorm included) non-trivial values so tests can fail."""
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Large, non-trivial random weights: LayerNorm/BatchNorm affine and statistics and every bias too."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("logit_scale"):
+            if name == "logit_scale":
                 continue
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() < 2 else p[0].numel() ** -0.5)
-                    + (1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                                              "ln_final.weight")) or "bn" in name and name.endswith("weight")
-                       else 0.0))
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith(("proj", "text_projection")):  # right-multiplied [width, embed]
+                p.copy_(r * p.shape[0] ** -0.5)
+            elif p.ndim >= 2 and "embedding" not in name:
+                p.copy_(r * p[0].numel() ** -0.5)
+            elif "embedding" in name:
+                p.copy_(r * 0.5)
+            elif any(s in name for s in ("ln", "bn", "downsample.1")) and name.endswith("weight"):
+                p.copy_(1.0 + 0.3 * r)
+            else:
+                p.copy_(0.2 * r)
         for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-    return model.eval()
+            if name.endswith("running_mean"):
+                b.copy_(0.2 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return model
+
+
+randomize = randomize_
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit() -> CLIP:
     torch.manual_seed(0)
-    return randomize(CLIP(tiny_config(vit=True)), seed=1)
+    return randomize(CLIP(tiny_config(vit=True)), seed=1).eval()
 
 
 @pytest.fixture(scope="session")
 def tiny_rn() -> CLIP:
     torch.manual_seed(0)
-    return randomize(CLIP(tiny_config(vit=False)), seed=2)
+    return randomize(CLIP(tiny_config(vit=False)), seed=2).eval()
 
 
 @pytest.fixture

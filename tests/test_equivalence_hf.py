@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_
 
 from maskclip.clip.hf_convert import config_from_hf_state_dict, hf_config_dict, hf_to_openai, openai_to_hf
 from maskclip.clip.model import CLIP, CLIPConfig, build_model
@@ -44,33 +45,9 @@ PROMPTS = ["a dog", "a photo of a cat sitting on the red sofa in the living room
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread):
+    """These models are tiny: thread fan-out costs more than it saves."""
 
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Large, non-trivial random weights: every LayerNorm scale/shift and every bias is random too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name == "logit_scale":
-                continue
-            r = torch.randn(p.shape, generator=g)
-            if name.endswith(("proj", "text_projection")):  # right-multiplied [width, embed]
-                p.copy_(r * p.shape[0] ** -0.5)
-            elif p.ndim >= 2 and "embedding" not in name:
-                p.copy_(r * p[0].numel() ** -0.5)
-            elif "embedding" in name:
-                p.copy_(r * 0.5)
-            elif any(s in name for s in ("ln", "bn", "norm")) and name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * r)
-            else:
-                p.copy_(0.2 * r)
-    return model
 
 
 def _pair(name: str, seed: int = 0) -> tuple[CLIP, "transformers.CLIPModel"]:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_
 import torch.nn.functional as F
 
 from maskclip.clip.model import (
@@ -31,38 +32,9 @@ PROMPTS = ["a dog", "a photo of a cat sitting on the red sofa in the living room
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread):
+    """These models are tiny: thread fan-out costs more than it saves."""
 
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Large, non-trivial random weights: LayerNorm/BatchNorm affine and statistics and every bias too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name == "logit_scale":
-                continue
-            r = torch.randn(p.shape, generator=g)
-            if name.endswith(("proj", "text_projection")):  # right-multiplied [width, embed]
-                p.copy_(r * p.shape[0] ** -0.5)
-            elif p.ndim >= 2 and "embedding" not in name:
-                p.copy_(r * p[0].numel() ** -0.5)
-            elif "embedding" in name:
-                p.copy_(r * 0.5)
-            elif any(s in name for s in ("ln", "bn", "downsample.1")) and name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * r)
-            else:
-                p.copy_(0.2 * r)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.2 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    return model
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,12 +23,8 @@ PROMPTS = ["a dog", "a photo of a small cat on a sofa"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: thread fan-out costs more than it saves and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread):
+    """These models are tiny: thread fan-out costs more than it saves."""
 
 
 def _block_names(prefix: str, layers: int) -> set[str]:

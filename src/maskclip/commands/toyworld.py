@@ -39,6 +39,7 @@ def _add_train(sub) -> None:
         "warmup": "warm-up steps",
         "seed": "model initialisation seed",
         "world_seed": "seed of the training scene stream",
+        "partial_captions": "share of captions that name one thing only, phrased like the prompt templates",
         "log_every": "log every N steps",
         "ckpt_every": "write checkpoint.pt every N steps",
         "threads": "CPU threads (torch.set_num_threads)",

@@ -34,8 +34,29 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption_for(scene: Scene, rng: np.random.Generator | None = None, train: bool = True) -> str:
-    """A caption naming the visible objects and the stuff; randomised (order, phrasing) when `rng` is given."""
+def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One thing in the scene, phrased like a prompt template ("a red zebra .", "there is a grass in the scene .").
+
+    Short captions teach the model what a single name looks like, which is what a text classifier
+    built from the templates asks it.
+    """
+    objs = [o for o in scene.objects if o.captioned]
+    if objs and rng.random() < 0.75:
+        o = objs[rng.integers(len(objs))]
+        name = o.category if rng.random() < 0.3 else f"{o.colour} {o.category}"
+    else:
+        name = scene.stuff[rng.integers(len(scene.stuff))]
+    return TEMPLATES[rng.integers(len(TEMPLATES))].format(name)
+
+
+def caption_for(scene: Scene, rng: np.random.Generator | None = None, train: bool = True,
+                partial: float = 0.0) -> str:
+    """A caption naming the visible objects and the stuff; randomised (order, phrasing) when `rng` is given.
+
+    With probability `partial` (training only) the caption names one thing only (`partial_caption`).
+    """
+    if rng is not None and train and partial > 0 and rng.random() < partial:
+        return partial_caption(scene, rng)
     objs = [o for o in scene.objects if o.captioned]
     if rng is not None:
         order = rng.permutation(len(objs))

@@ -50,6 +50,7 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0  # model init
     world_seed: int = 0
+    partial_captions: float = 0.0  # share of captions naming a single thing in a prompt-template phrasing
     log_every: int = 50
     ckpt_every: int = 250
     threads: int = 2
@@ -147,7 +148,7 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     out.mkdir(parents=True, exist_ok=True)
     if device == "cpu":
         torch.set_num_threads(config.threads)
-    world = World(config.world_seed, WorldConfig(size=config.image_size))
+    world = World(config.world_seed, WorldConfig(size=config.image_size, partial_captions=config.partial_captions))
     model = new_model(config).to(device)
     opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     start = 0

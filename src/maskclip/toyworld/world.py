@@ -31,6 +31,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # colour-category pairs never rendered (so never captioned) in the training split
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("purple", "zebra"), ("yellow", "turtle"), ("orange", "fish"))
 SPLITS = {"train": 0, "val": 1, "test": 2}
+MIN_VISIBLE = 0.25  # an object with less than this fraction of its area visible is not captioned
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class WorldConfig:
     max_object_size: float = 0.45
     full_ground_prob: float = 0.15  # scenes with no sky/wall region
     noise: float = 6.0  # per-pixel gaussian noise (grey levels)
-    min_visible: float = 0.25  # an object less visible than this (fraction of its area) is not captioned
     heldout: bool = False  # allow HELDOUT_PAIRS (evaluation only)
+    partial_captions: float = 0.0  # share of training captions that name one thing only
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ObjectInfo:
 
     @property
     def captioned(self) -> bool:
-        return self.visible > 0 and self.visible >= self.area * 0.25
+        return self.visible > 0 and self.visible >= self.area * MIN_VISIBLE
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray
     raise ValueError(f"unknown stuff class {name!r}; expected one of {STUFF}")
 
 
-def _object_mask(category: str, rng: np.random.Generator, size: int, cy: float, cx: float, h: float,
+def _object_mask(category: str, cy: float, cx: float, h: float,
                  angle: float, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shape mask and object-local coordinates (u along the body, v across)."""
     aspect = {"zebra": 1.5, "leopard": 1.6, "turtle": 1.2, "balloon": 0.85, "fish": 1.9}[category]
@@ -223,7 +224,7 @@ def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
         reach = h * 1.3  # bounding radius of every shape; draw only inside this box (speed)
         y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, s)
         x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, s)
-        mask, u, v = _object_mask(category, rng, s, cy, cx, h, angle, y[y0:y1, x0:x1], x[y0:y1, x0:x1])
+        mask, u, v = _object_mask(category, cy, cx, h, angle, y[y0:y1, x0:x1], x[y0:y1, x0:x1])
         rgb = np.array(COLOURS[colour], np.float32) * rng.uniform(0.9, 1.05)
         tex = _object_texture(category, rgb, rng, u, v, h)
         box = (slice(y0, y1), slice(x0, x1))
@@ -255,7 +256,7 @@ class World:
         rng = scene_rng(self.seed, split, index)
         scene = render_scene(rng, config)
         scene.split, scene.index = split, index
-        scene.caption = caption_for(scene, rng, train=(split == "train"))
+        scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
 
     def batch(self, indices, split: str = "train") -> list[Scene]:
