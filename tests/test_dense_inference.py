@@ -209,3 +209,13 @@ def test_autocast_option_runs_and_stays_close(tiny_vit, dtype):
     assert low.dtype == torch.float32  # features are returned in fp32 for the classifier
     cos = (f32 * low).sum(1)
     assert cos.min() > 0.97, float(cos.min())
+
+
+def test_very_large_whole_image_is_encoded_in_bounded_windows(tiny_vit):
+    img = (np.random.default_rng(7).random((200, 330, 3)) * 255).astype(np.uint8)
+    engine = MaskCLIP(tiny_vit, resize="none", max_pixels=64 * 64)
+    sf = engine.encode(img).scales[0]
+    assert len(sf.windows) > 1 and all(y2 - y1 <= 64 and x2 - x1 <= 64 for y1, y2, x1, x2 in sf.windows)
+    labels, probs = engine.decode(engine.encode(img), _classifier(3, 32), max_bytes=3 * 4 * 330 * 2 * 16)
+    assert labels.shape == (200, 330) and probs.shape == (3, 200, 330)
+    torch.testing.assert_close(probs.sum(0), torch.ones(200, 330))

@@ -70,6 +70,9 @@ def add_maskclip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", type=int, default=DEFAULTS.stride, help="sliding-window stride (slide mode)")
     g.add_argument("--window-batch", type=int, default=DEFAULTS.window_batch,
                    help="windows per encoder batch (bounds memory)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
+                   help="whole-image inputs larger than this many pixels (after resizing) are encoded in overlapping "
+                        "windows, bounding memory on very large images")
     g.add_argument("--normalize", choices=["imagenet", "clip"], default=DEFAULTS.normalize,
                    help="input normalisation: 'imagenet' as the authors' configs (default) or CLIP's own")
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default=DEFAULTS.interpolation,
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> MaskCLIPConfig:
         path=args.path, ks=args.ks, pd=args.pd, ks_form=args.ks_form, pd_threshold=args.pd_threshold,
         logit_scale=args.logit_scale, mode=args.mode, resize=args.resize, size=size, crop=args.crop,
         stride=args.stride, scales=tuple(args.scales) if args.scales else None, normalize=args.normalize,
-        interpolation=args.interpolation, window_batch=args.window_batch,
+        interpolation=args.interpolation, window_batch=args.window_batch, max_pixels=args.max_pixels,
         dtype=None if args.dtype == "fp32" else args.dtype)
 
 
@@ -150,7 +153,7 @@ def settings_dict(config: MaskCLIPConfig) -> dict:
 # argparse dest -> MaskCLIPConfig field, for commands whose presets the user may override option by option
 _CONFIG_FIELDS = {"path": "path", "ks": "ks", "ks_form": "ks_form", "pd": "pd", "pd_threshold": "pd_threshold",
                   "logit_scale": "logit_scale", "mode": "mode", "resize": "resize", "size": "size",
-                  "scales": "scales", "crop": "crop", "stride": "stride", "window_batch": "window_batch",
+                  "scales": "scales", "crop": "crop", "stride": "stride", "window_batch": "window_batch", "max_pixels": "max_pixels",
                   "normalize": "normalize", "interpolation": "interpolation", "dtype": "dtype"}
 
 

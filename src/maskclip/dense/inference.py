@@ -44,6 +44,8 @@ class MaskCLIPConfig:
       probabilities are averaged, as in supplement Table 5. None = the single `size`.
     normalize: "clip" or "imagenet" (the authors' configs use ImageNet mean/std).
     interpolation: image resize; "bilinear" as mmseg (the authors' code), "bicubic" as CLIP's preprocessing.
+    max_pixels: a whole-mode input larger than this (after resizing) is encoded in overlapping windows of
+      about sqrt(max_pixels) pixels instead, so memory stays bounded on very large images.
     dtype: None (model dtype), "fp16" or "bf16" autocast for the image encoder.
     """
 
@@ -64,6 +66,7 @@ class MaskCLIPConfig:
     normalize: Literal["clip", "imagenet"] = "imagenet"
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     window_batch: int = 16
+    max_pixels: int = 1536 * 1536
     dtype: Literal["fp16", "bf16"] | None = None
 
     def __post_init__(self) -> None:
@@ -176,8 +179,11 @@ class MaskCLIP:
         th, tw = resized_size(*x.shape[-2:], cfg.resize, size)
         if (th, tw) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(th, tw), mode=cfg.interpolation, align_corners=False)
-        if cfg.mode == "whole":
+        if cfg.mode == "whole" and th * tw <= cfg.max_pixels:
             windows = [(0, th, 0, tw)]
+        elif cfg.mode == "whole":  # too large for one pass: big overlapping windows
+            side = max(self.stride, int(cfg.max_pixels ** 0.5) // self.stride * self.stride)
+            windows = slide_windows(th, tw, side, side * 3 // 4)
         else:
             windows = slide_windows(th, tw, cfg.crop, cfg.stride)
         wh, ww = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
