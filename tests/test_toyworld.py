@@ -69,6 +69,18 @@ def test_heldout_pairs_never_in_training_split():
     assert {(o.colour, o.category) for i in range(400) for o in test.scene(i, "test").objects} & set(HELDOUT_PAIRS)
 
 
+def test_twins_are_hard_negatives():
+    world = World(0)
+    for i in range(40):
+        base, twin = world.scene(i), world.twin(i)
+        assert twin.stuff == base.stuff and len(twin.objects) == len(base.objects)
+        changed = [(a.colour != b.colour) + (a.category != b.category) for a, b in zip(base.objects, twin.objects)]
+        assert all(c == 1 for c in changed)  # each object differs in exactly one of colour or category
+        assert not {(o.colour, o.category) for o in twin.objects} & set(HELDOUT_PAIRS)
+        again = world.twin(i)
+        assert np.array_equal(again.image, twin.image) and again.caption == twin.caption
+
+
 TINY = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=1, embed_dim=32, text_width=64,
             text_layers=1, context_length=32, batch_size=16, lr=2e-3, warmup=5, log_every=5, ckpt_every=10)
 
@@ -77,36 +89,50 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_unused_token_rows_start_and_stay_zero(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    model = train(TrainConfig(**TINY, steps=30), out, log=lambda *_: None)
+    return model, _log(out / "log.jsonl")
+
+
+def test_trainer_loss_decreases(tiny_run):
+    _, log = tiny_run
+    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-2:]])
+    assert last < first - 0.3, log  # chance level is log(16) = 2.77
+
+
+def test_unused_token_rows_start_and_stay_zero(tiny_run):
+    model, _ = tiny_run
     ids = world_token_ids()
     assert len(ids) < 100  # the world's language is tiny
-    model = train(TrainConfig(**TINY, steps=3), tmp_path, log=lambda *_: None)
     w = model.token_embedding.weight.detach()
     used = torch.zeros(w.shape[0], dtype=torch.bool)
     used[ids] = True
-    assert torch.count_nonzero(w[~used]) == 0
+    assert torch.count_nonzero(w[~used]) == 0  # exactly zero after 30 AdamW steps
     assert (w[used].abs().sum(1) > 0).all()
 
 
-def test_trainer_loss_decreases_and_resume_is_exact(tmp_path):
-    cfg = TrainConfig(**TINY, steps=40)
+def test_trainer_resume_continues_the_same_run(tmp_path):
+    cfg = TrainConfig(**{**TINY, "log_every": 2, "ckpt_every": 5}, steps=10)
     full = train(cfg, tmp_path / "full", log=lambda *_: None)
-    log = _log(tmp_path / "full" / "log.jsonl")
-    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-2:]])
-    assert last < first - 0.3, log  # chance level is log(16) = 2.77
 
     class Stop(Exception):
         pass
 
-    def stop_at_25(msg: str) -> None:
-        if msg.startswith("step 25/"):
+    def stop_at_8(msg: str) -> None:
+        if msg.startswith("step 8/"):
             raise Stop
 
     with pytest.raises(Stop):
-        train(cfg, tmp_path / "cut", log=stop_at_25)  # dies after the step-20 checkpoint
-    resumed = train(cfg, tmp_path / "cut", log=lambda *_: None)
+        train(cfg, tmp_path / "cut", log=stop_at_8)  # dies after the step-5 checkpoint
+    messages = []
+    resumed = train(cfg, tmp_path / "cut", log=messages.append)
+    assert messages[0].startswith("resumed") and "step 5" in messages[0]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ValueError, match="different config"):
+        train(TrainConfig(**TINY, steps=11), tmp_path / "cut", log=lambda *_: None)
 
 
 def test_contrastive_loss_is_symmetric_and_low_when_matched():
@@ -155,8 +181,6 @@ def test_bundled_toy_vit_segments_heldout_scenes():
     scenes = heldout_scenes(check["scenes"], seed=check["seed"], size=entry["image_size"])
     r = evaluate_segmentation(model, scenes, toy_config(**VARIANTS[check["variant"]]))
     assert r.miou * 100 >= check["miou"] - 1.0, (r.miou, check)
-    base = evaluate_segmentation(model, scenes, toy_config(**VARIANTS["baseline"]))
-    assert base.miou < r.miou - 0.05  # the MaskCLIP modification matters
 
 
 def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):

@@ -47,6 +47,18 @@ def query_ground_truth(scene, queries: list[str]) -> tuple[np.ndarray, list[bool
     return gt, known
 
 
+def _best_variant(model: str, default: str) -> str:
+    """The variant the bundle measured best for a bundled model (its manifest's best_variant)."""
+    import json
+
+    from ..clip.weights import MANIFEST_PATH
+
+    try:
+        return json.loads(MANIFEST_PATH.read_text())[model].get("best_variant", default)
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="offline demo: segment toy-world scenes with the bundled toy CLIP",
@@ -61,7 +73,8 @@ def register(subparsers) -> None:
                    help="comma-separated queries, e.g. 'red zebra, yellow zebra, grass, sky' (default: the "
                         "world's ten classes). Queries the world can ground (a class, or COLOUR CATEGORY) get IoUs")
     p.add_argument("--path", default=None, choices=("value-only", "authors", "baseline"),
-                   help="dense feature path (default: value-only, the best on the toy CLIP)")
+                   help="dense feature path (default: the variant the bundled model's manifest records as best; "
+                        "value-only otherwise)")
     p.add_argument("--ks", action="store_true", help="key smoothing")
     p.add_argument("--pd", action="store_true", help="prompt denoising")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the panels (default: 4)")
@@ -97,10 +110,11 @@ def run(args) -> int:
     if len(set(q.lower() for q in queries)) != len(queries):
         print(f"error: --classes has duplicates: {queries}", file=sys.stderr)
         return 2
-    overrides = dict(VARIANTS[BEST_VARIANT])
+    overrides = dict(VARIANTS[_best_variant(args.model, BEST_VARIANT)])
     if args.path:
         overrides["path"] = args.path
-    overrides.update(ks=args.ks, pd=args.pd)
+    overrides["ks"] = args.ks or overrides.get("ks", False)
+    overrides["pd"] = args.pd or overrides.get("pd", False)
     config = toy_config(**overrides)
     engine = MaskCLIP(model, config)
     classifier = build_text_classifier(model, queries, TEMPLATES)

@@ -13,6 +13,8 @@ EPILOG = """examples:
   maskclip segment photo.jpg --classes "cat,dog" --out masks/
   maskclip segment photos/ --classes "red car,yellow car" --background "building,ground,grass,tree,sky" --out out/
   maskclip segment img.png --classes classes.txt --ks --pd --mode slide --heatmaps --out out/
+  maskclip segment photos/ --model runs/voc/model.pt --classes voc20 --out out/   (MaskCLIP+ from `maskclip train`;
+      any class names work: they are embedded with the CLIP and templates recorded in the checkpoint)
 
 for each image OUT/<stem>.png holds label ids (palette PNG; index i = i-th class, then 'background' or
 'unknown'), OUT/<stem>_overlay.png a colour overlay with a legend, OUT/<stem>.json the classes, palette,
@@ -66,8 +68,8 @@ def prepare(args: argparse.Namespace):
     ident = predictor_identity(predictor)
     meta = {"model": ident["model"] or args.model, "model_sha256": ident["model_sha256"],
             "settings": settings_dict(config), "templates": args.templates}
-    if ident["kind"] == "maskclip+":
-        meta["kind"] = "maskclip+"
+    if ident["kind"] == "maskclip+":  # new names are embedded with the checkpoint's templates, not --templates
+        meta.update(kind="maskclip+", templates=predictor.templates)
     return Vocabulary(classes, background, args.threshold), files, predictor, meta
 
 

@@ -39,6 +39,7 @@ def _add_train(sub) -> None:
         "warmup": "warm-up steps",
         "seed": "model initialisation seed",
         "world_seed": "seed of the training scene stream",
+        "twins": "share of each batch made of hard-negative twins (same stuff, other categories or colours)",
         "partial_captions": "share of captions that name one thing only, phrased like the prompt templates",
         "log_every": "log every N steps",
         "ckpt_every": "write checkpoint.pt every N steps",

@@ -130,6 +130,8 @@ class TrainFiles:
         from ..plus.train import Sample
 
         image = read_image(self.images[i], exif=self.exif)
+        if not image.flags.writeable:
+            image = image.copy()
         pseudo = None
         if self.pseudo is not None:
             raw = read_label(self.pseudo[i]).astype(np.int64)
@@ -526,6 +528,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("error: --unseen / --no-teacher apply to --mode zero-shot only")
         if data.has_labels() and is_main:
             print("[maskclip+] annotation-free: the ground truth given is not used", file=sys.stderr)
+        data.labels = data.label_reader = None
     try:
         config = config_from_args(argparse.Namespace(**{**vars(args), "mode": args.teacher_mode}))
         templates = templates_from_arg(args.templates)
@@ -535,7 +538,8 @@ def run(args: argparse.Namespace) -> int:
 
     record = {"classes": names, "class_names": classes, "mode": args.mode, "unseen": [names[i] for i in unseen],
               "target": args.target, "width": args.width, "output_stride": args.output_stride,
-              "head_channels": args.head_channels, "command": " ".join(sys.argv)}
+              "head_channels": args.head_channels,
+              "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}}
     _check_out_dir(args, record, is_main)
 
     device = _device(args)
@@ -575,7 +579,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, amp=args.amp, seed=args.seed,
         out_dir=str(args.out), resume=args.resume, num_workers=args.workers, freeze_bn=args.freeze_bn,
         photometric=not args.no_photometric, device=str(device), progress=progress,
-        extra={"command": record["command"]})
+        extra={"options": record["options"]})
     if is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         tmp = args.out / "run.json.tmp"
@@ -585,7 +589,8 @@ def run(args: argparse.Namespace) -> int:
                                                                      f"MaskCLIP teacher {clip_name}")
         print(f"[maskclip+] {args.mode}: {len(data)} images, {len(names)} classes"
               f"{f' ({len(unseen)} unseen)' if unseen else ''}, {args.target} <- {src}; "
-              f"self-training from iteration {cfg.self_train_start()}", file=sys.stderr)
+              f"self-training {'from iteration ' + str(st) if (st := cfg.self_train_start()) is not None else 'off'}",
+              file=sys.stderr)
     try:
         res = train(cfg, model, data, teacher)
     except KeyboardInterrupt:

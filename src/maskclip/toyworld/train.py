@@ -43,14 +43,15 @@ class TrainConfig:
     text_width: int = 128
     text_layers: int = 3
     context_length: int = 32
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 50
     seed: int = 0  # model init
     world_seed: int = 0
-    partial_captions: float = 0.0  # share of captions naming a single thing in a prompt-template phrasing
+    partial_captions: float = 0.35  # share of captions naming a single thing in a prompt-template phrasing
+    twins: float = 0.5  # share of each batch that is a hard-negative twin of another scene in it
     log_every: int = 50
     ckpt_every: int = 250
     threads: int = 2
@@ -114,8 +115,14 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def make_batch(world: World, step: int, batch_size: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    scenes = world.batch(range(step * batch_size, (step + 1) * batch_size), "train")
+def make_batch(world: World, step: int, batch_size: int, context_length: int,
+               twins: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scenes step*batch .. (step+1)*batch-1; the last `twins` share replaced by twins of the first ones."""
+    n_twins = int(batch_size * twins) if twins else 0
+    n_twins = min(n_twins, batch_size // 2)
+    first = step * batch_size
+    scenes = world.batch(range(first, first + batch_size - n_twins), "train")
+    scenes += [world.twin(first + i, "train") for i in range(n_twins)]
     images = to_tensor([s.image for s in scenes])
     tokens = tokenize([s.caption for s in scenes], context_length=context_length)
     return images, tokens
@@ -168,7 +175,7 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
         for step in range(start, config.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, config)
-            images, tokens = make_batch(world, step, config.batch_size, config.context_length)
+            images, tokens = make_batch(world, step, config.batch_size, config.context_length, config.twins)
             images, tokens = images.to(device), tokens.to(device)
             loss = contrastive_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale)
             opt.zero_grad(set_to_none=True)

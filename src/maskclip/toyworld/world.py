@@ -190,18 +190,22 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
-                 objects: list[tuple[str, str]] | None = None) -> Scene:
-    """Render one scene. `objects` forces the (colour, category) list; otherwise it is drawn from `rng`."""
+                 objects: list[tuple[str, str]] | None = None,
+                 stuff: tuple[str | None, str] | None = None) -> Scene:
+    """Render one scene. `objects` forces the (colour, category) list and `stuff` the (top or None,
+    ground) pair; otherwise they are drawn from `rng`."""
     s = config.size
     y, x = _grid(s)
     # stuff: top region (sky/wall) over a ground region, split by a wavy horizon
-    ground = GROUND_STUFF[rng.integers(len(GROUND_STUFF))]
-    if rng.random() < config.full_ground_prob:
-        top = None
+    if stuff is not None:
+        top, ground = stuff
+    else:
+        ground = GROUND_STUFF[rng.integers(len(GROUND_STUFF))]
+        top = None if rng.random() < config.full_ground_prob else SKY_STUFF[rng.integers(len(SKY_STUFF))]
+    if top is None:
         labels = np.full((s, s), CLASSES.index(ground), np.int64)
         image = _stuff_texture(ground, rng, s)
     else:
-        top = SKY_STUFF[rng.integers(len(SKY_STUFF))]
         horizon = s * rng.uniform(0.3, 0.6) + s * 0.06 * np.sin(x[0] * rng.uniform(0.03, 0.12) + rng.random() * 6.3)
         is_top = y < horizon[None, :]
         labels = np.where(is_top, CLASSES.index(top), CLASSES.index(ground)).astype(np.int64)
@@ -255,6 +259,33 @@ class World:
             config = WorldConfig(**{**config.__dict__, "heldout": True})
         rng = scene_rng(self.seed, split, index)
         scene = render_scene(rng, config)
+        scene.split, scene.index = split, index
+        scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
+        return scene
+
+    def twin(self, index: int, split: str = "train") -> Scene:
+        """A hard negative of `scene(index)`: same stuff, same number of objects, but each object's
+        category changed (70%) or its colour changed (30%), at new positions.
+
+        Without twins, colours and stuff alone tell a caption from the rest of a batch and the
+        model never has to learn the categories' textures.
+        """
+        from .captions import caption_for
+
+        base = self.scene(index, split)
+        config = self.config
+        rng = np.random.default_rng([self.seed, SPLITS[split], index, 1])
+        pairs = set(allowed_pairs(config.heldout or split != "train"))
+        change_category = rng.random() < 0.7
+        objects = []
+        for o in base.objects:
+            if change_category:
+                options = [(o.colour, c) for c in OBJECTS if c != o.category and (o.colour, c) in pairs]
+            else:
+                options = [(c, o.category) for c in COLOURS if c != o.colour and (c, o.category) in pairs]
+            objects.append(options[rng.integers(len(options))])
+        top = base.stuff[0] if len(base.stuff) == 2 else None
+        scene = render_scene(rng, config, objects, stuff=(top, base.stuff[-1]))
         scene.split, scene.index = split, index
         scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
