@@ -88,8 +88,10 @@ def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[s
 
 
 def panel(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, names: Sequence[str], colors: np.ndarray,
-          ignore_index: int | None = 255) -> np.ndarray:
-    """image | ground truth | prediction | legend, for looking at what the numbers mean."""
+          ignore_index: int | None = 255, scale: int = 1, title: str = "") -> np.ndarray:
+    """image | ground truth | prediction | legend, for looking at what the numbers mean.
+
+    `scale` enlarges small images (nearest neighbour) so that label boundaries stay visible."""
     ids = set(np.unique(pred).tolist())
     parts, titles = [image], ["image"]
     if truth is not None:
@@ -98,10 +100,21 @@ def panel(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, names: 
         titles.append("ground truth")
     parts.append(colorize(pred, colors, ignore_index))
     titles.append("prediction")
+    if scale > 1:
+        parts = [np.asarray(Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST))
+                 for p in parts]
     present = sorted(i for i in ids if 0 <= i < len(names) and i != ignore_index)
     parts.append(legend(names, colors, present))
     titles.append("")
-    return hstack(parts, titles=titles)
+    out = hstack(parts, titles=titles)
+    return _with_caption(out, title) if title else out
+
+
+def _with_caption(image: np.ndarray, text: str) -> np.ndarray:
+    canvas = Image.new("RGB", (image.shape[1], image.shape[0] + 18), (255, 255, 255))
+    canvas.paste(Image.fromarray(image), (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill=(0, 0, 0), font=_font(12))
+    return np.asarray(canvas)
 
 
 def heatmap(image: np.ndarray, prob: np.ndarray, alpha: float = 0.6) -> np.ndarray:

@@ -7,7 +7,6 @@ the world can ground (a stuff class, a category, or "COLOUR CATEGORY") are score
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ def register(subparsers) -> None:
                     "(no download needed), write overlays and side-by-side panels, and print per-class IoU.")
     p.add_argument("--model", default="toy-vit",
                    help="CLIP weights: a bundled name (toy-vit), an OpenAI name or a checkpoint path (default: toy-vit)")
-    p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
+    p.add_argument("--out", default="maskclip-demo", help="output directory (default: maskclip-demo)")
     p.add_argument("-n", "--num-scenes", type=int, default=8, help="number of scenes to render (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="world seed of the held-out scenes (default: 0)")
     p.add_argument("--classes", default=None,
@@ -84,13 +83,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import torch
-    from PIL import Image
 
     from ..clip.weights import load_clip
     from ..dense import MaskCLIP, build_text_classifier
     from ..toyworld import CLASSES, TEMPLATES
     from ..toyworld.evaluate import BEST_VARIANT, VARIANTS, heldout_scenes, scene_scores, toy_config
-    from ..toyworld.visualize import overlay, panel
+    from ..data.image_io import write_png_atomic
+    from ..eval.metrics import ConfusionMatrix
+    from ..render import overlay, panel
+    from ..toyworld.visualize import palette
 
     if args.num_scenes <= 0:
         print(f"error: --num-scenes must be positive, got {args.num_scenes}", file=sys.stderr)
@@ -124,38 +125,33 @@ def run(args) -> int:
     preds = scores.argmax(1).numpy()
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     k = len(queries)
-    cm = np.zeros((k, k), np.int64)
+    cm = ConfusionMatrix(k, IGNORE)
     known = [False] * k
+    colors = palette(k)
     for i, (scene, pred) in enumerate(zip(scenes, preds)):
         gt, known_i = query_ground_truth(scene, queries)
         known = [a or b for a, b in zip(known, known_i)]
-        valid = gt != IGNORE
-        cm += np.bincount(gt[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
-        for name, img in ((f"scene{i:02d}_overlay.png", Image.fromarray(overlay(scene.image, pred, k))),
-                          (f"scene{i:02d}_panel.png", panel(scene.image, gt, pred, queries, args.scale,
-                                                            title=scene.caption))):
-            tmp = out / (name + ".tmp.png")
-            img.save(tmp)
-            os.replace(tmp, out / name)
+        cm.update(pred, gt)
+        write_png_atomic(out / f"scene{i:02d}_overlay.png", overlay(scene.image, pred, colors))
+        write_png_atomic(out / f"scene{i:02d}_panel.png",
+                         panel(scene.image, gt, pred, queries, colors, scale=args.scale, title=scene.caption))
 
-    print("panels: image | ground truth (dark grey: no query applies) | prediction")
+    print("panels: image | ground truth (black: no query applies) | prediction")
     print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}, "
           f"{len(scenes)} held-out scenes, panels in {out}/")
     for i, s in enumerate(scenes[:3]):
         print(f"  scene {i}: {s.caption}")
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1) - tp
+    per_class = cm.compute()["IoU"]
     ious = []
     print(f"{'class':<20} IoU")
     for j, q in enumerate(queries):
         if not known[j]:
             print(f"{q:<20} (not in the world: no ground truth)")
-        elif denom[j] == 0:
+        elif np.isnan(per_class[j]):
             print(f"{q:<20} (absent from these scenes)")
         else:
-            ious.append(tp[j] / denom[j])
+            ious.append(per_class[j])
             print(f"{q:<20} {100 * ious[-1]:5.1f}")
     if ious:
         print(f"{'mIoU':<20} {100 * float(np.mean(ious)):5.1f}")

@@ -137,8 +137,9 @@ def _render(args) -> int:
     from PIL import Image
 
     from ..toyworld import IMAGE_SIZE
-    from ..toyworld.visualize import colourise
-    from ..toyworld.world import World, WorldConfig
+    from ..render import colorize
+    from ..toyworld.visualize import palette
+    from ..toyworld.world import CLASSES, World, WorldConfig
 
     if args.num <= 0:
         print(f"error: --num must be positive, got {args.num}", file=sys.stderr)
@@ -150,7 +151,7 @@ def _render(args) -> int:
     for i in range(args.num):
         s = world.scene(i, args.split)
         Image.fromarray(s.image).save(out / f"{args.split}_{i:04d}.png")
-        Image.fromarray(colourise(s.labels)).save(out / f"{args.split}_{i:04d}_gt.png")
+        Image.fromarray(colorize(s.labels, palette(len(CLASSES)))).save(out / f"{args.split}_{i:04d}_gt.png")
         np.save(out / f"{args.split}_{i:04d}_labels.npy", s.labels.astype(np.uint8))
         records.append({"index": i, "caption": s.caption,
                         "objects": [[o.colour, o.category, o.visible] for o in s.objects]})
