@@ -24,17 +24,12 @@ from maskclip.plus.predictor import PlusPredictor, is_plus_checkpoint
 from maskclip.predictors import load_predictor
 from maskclip.toyworld import CLASSES, World, WorldConfig
 
-from conftest import randomize, tiny_config
+from conftest import randomize_, tiny_config
 
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def world(tmp_path_factory):
         Image.fromarray(s.labels.astype(np.uint8)).save(root / "labels" / f"s{i}.png")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     torch.manual_seed(0)
-    clip = randomize(CLIP(tiny_config(vit=True)), seed=3)
+    clip = randomize_(CLIP(tiny_config(vit=True)), seed=3)
     torch.save(clip.state_dict(), root / "clip.pt")
     return root
 
