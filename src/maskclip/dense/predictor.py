@@ -29,6 +29,17 @@ def apply_threshold(labels: torch.Tensor, probs: torch.Tensor, threshold: float,
     return torch.where(probs.amax(dim=0) < threshold, torch.full_like(labels, fallback), labels)
 
 
+def vocabulary(classes: list[str | list[str]], background: list[str] | None) -> tuple[list[list[str]], list[str]]:
+    """The classes to score (the background group appended as one class) and their display names."""
+    all_classes = normalize_classes(classes)
+    if background:
+        all_classes.append(list(background))
+    names = [c[0] for c in all_classes]
+    if background:
+        names[-1] = BACKGROUND
+    return all_classes, names
+
+
 class MaskCLIPPredictor:
     """Open-vocabulary segmentation of one image at a time.
 
@@ -75,12 +86,7 @@ class MaskCLIPPredictor:
         """
         if self.features is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
-        all_classes = normalize_classes(classes)
-        if background:
-            all_classes.append(list(background))
-        names = [c[0] for c in all_classes]
-        if background:
-            names[-1] = BACKGROUND
+        all_classes, names = vocabulary(classes, background)
         clf = self.classifier(all_classes)
         need_probs = return_probs or threshold is not None
         labels, probs = self.engine.decode(self.features, clf, return_probs=need_probs)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense.inference import MaskCLIPConfig, resized_size, slide_windows, to_tensor
-from ..dense.predictor import BACKGROUND, UNKNOWN, Prediction, apply_threshold
+from ..dense.predictor import UNKNOWN, Prediction, apply_threshold, vocabulary
 from ..dense.text import TextClassifier, build_text_classifier, normalize_classes
 from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .models import SegmentationModel, load_target_model
@@ -220,12 +220,7 @@ class PlusPredictor:
         over scales."""
         if self.features is None or self.image_size is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
-        all_classes = normalize_classes(classes)
-        if background:
-            all_classes.append(list(background))
-        names = [c[0] for c in all_classes]
-        if background:
-            names[-1] = BACKGROUND
+        all_classes, names = vocabulary(classes, background)
         clf = self.classifier(all_classes)
         h, w = self.image_size
         probs = 0
