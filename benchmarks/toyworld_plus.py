@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# stripes vs smooth gloss: the two categories the bundled toy CLIP's text encoder separates best
-# (leopard, turtle and fish embed almost collinearly, cosine 0.98-1.00, so no frozen text classifier
-# tells them apart; see the diagnostic line the script prints)
-DEFAULT_UNSEEN = "zebra,balloon"
+# stripes and scales: the two object categories the bundled toy CLIP's MaskCLIP labels best (IoU 57 and
+# 67 on held-out scenes; turtle and balloon are below 10, so their pseudo-labels would teach noise)
+DEFAULT_UNSEEN = "zebra,fish"
 
 
 def write_world(out: Path, n: int, size: int, seed: int) -> Path:

@@ -31,28 +31,43 @@ def test_world_is_deterministic_and_seeded():
     assert a.image.shape == (64, 64, 3) and a.image.dtype == np.uint8 and a.labels.shape == (64, 64)
 
 
-def test_labels_and_captions_agree():
-    world = World(3)
+@pytest.mark.parametrize("closeup", [0.0, 1.0])
+def test_labels_and_captions_agree(closeup):
+    from maskclip.toyworld.world import MIN_FRAME
+
+    world = World(3, WorldConfig(closeup=closeup))
     for i in range(60):
         s = world.scene(i)
+        assert s.meta["closeup"] == (closeup == 1.0)
         present = {CLASSES[j] for j in np.unique(s.labels)}
+        counts = np.bincount(s.labels.ravel(), minlength=len(CLASSES))
         assert set(s.stuff) <= present and set(s.stuff) <= set(STUFF)
+        for stuff in STUFF:  # stuff counts as in view when it covers MIN_FRAME of the picture
+            assert (stuff in s.stuff) == (counts[CLASSES.index(stuff)] >= MIN_FRAME * 64 * 64)
+            if re.search(rf"\b{stuff}\b", s.caption):
+                assert stuff in s.stuff, s.caption
+        if s.stuff:  # the ground is always named (the sky or wall when no ground is in view)
+            assert s.stuff[-1] in s.caption, s.caption
         for o in s.objects:
             visible = (s.instances == o.instance).sum()
             assert visible == o.visible
             assert np.all(s.labels[s.instances == o.instance] == CLASSES.index(o.category))
+            assert o.captioned == (visible > 0 and (visible >= 0.25 * o.area or visible >= MIN_FRAME * 64 * 64))
             if o.captioned:
                 assert o.category in present
                 assert re.search(rf"\b({o.colour} )?{o.category}\b", s.caption), (s.caption, o)
-        assert s.stuff[-1] in s.caption  # the ground is always named; the sky or wall often
-        for stuff in STUFF:
-            if re.search(rf"\b{stuff}\b", s.caption):
-                assert stuff in s.stuff
         # nothing is captioned that is not in the picture
         for cat in OBJECTS:
             if re.search(rf"\b{cat}\b", s.caption):
                 assert any(o.category == cat and o.captioned for o in s.objects)
         assert (s.instances == 0).sum() == np.isin(s.labels, [CLASSES.index(c) for c in STUFF]).sum()
+
+    # close-ups name fewer things (often one object and one stuff): sharper evidence of what a texture is called
+    def names(caption: str) -> int:
+        return len(re.findall(r"\b(" + "|".join(CLASSES) + r")\b", caption))
+
+    mean = np.mean([names(world.scene(i).caption) for i in range(60)])
+    assert mean < 3.0 if closeup else mean > 3.5
 
 
 def test_heldout_pairs_never_in_training_split():
@@ -70,10 +85,10 @@ def test_heldout_pairs_never_in_training_split():
 
 
 def test_twins_are_hard_negatives():
-    world = World(0)
+    world = World(0, WorldConfig(closeup=0.5))
     for i in range(40):
         base, twin = world.scene(i), world.twin(i)
-        assert twin.stuff == base.stuff and len(twin.objects) == len(base.objects)
+        assert twin.meta["layout"] == base.meta["layout"] and len(twin.objects) == len(base.objects)
         changed = [(a.colour != b.colour) + (a.category != b.category) for a, b in zip(base.objects, twin.objects)]
         assert all(c == 1 for c in changed)  # each object differs in exactly one of colour or category
         assert not {(o.colour, o.category) for o in twin.objects} & set(HELDOUT_PAIRS)
@@ -154,6 +169,20 @@ def test_templates_and_phrases_tokenize_in_world_vocab():
     assert any("zebra" in p for p in world_phrases())
 
 
+def test_bundle_records_the_reproducing_command_and_time(tmp_path):
+    from maskclip.commands.toyworld import _command_line, _train_seconds
+
+    assert _command_line(TrainConfig(), "toy-vit") == "maskclip toyworld train --bundle toy-vit"
+    cfg = TrainConfig(steps=10, twins=0.0, log_every=1, threads=1)
+    assert _command_line(cfg, "x") == "maskclip toyworld train --steps 10 --twins 0.0 --threads 1 --bundle x"
+    # a run resumed once: elapsed_s restarts, the sessions add up
+    log = [{"step": 1, "elapsed_s": 1.0}, {"step": 5, "elapsed_s": 9.5}, {"step": 6, "elapsed_s": 2.0},
+           {"step": 10, "elapsed_s": 8.0}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    assert _train_seconds(tmp_path) == 17.5
+    assert _train_seconds(tmp_path / "missing") is None
+
+
 # ---- the bundled checkpoint ------------------------------------------------------------------------
 
 def _manifest() -> dict:
@@ -181,6 +210,9 @@ def test_bundled_toy_vit_segments_heldout_scenes():
     scenes = heldout_scenes(check["scenes"], seed=check["seed"], size=entry["image_size"])
     r = evaluate_segmentation(model, scenes, toy_config(**VARIANTS[check["variant"]]))
     assert r.miou * 100 >= check["miou"] - 1.0, (r.miou, check)
+    # MaskCLIP's modification is what makes the dense labels: the unmodified last layer does worse
+    base = evaluate_segmentation(model, scenes, toy_config(**VARIANTS["baseline"]))
+    assert r.miou > base.miou + 0.05, (r.miou, base.miou)
 
 
 def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):

@@ -40,16 +40,19 @@ def _add_train(sub) -> None:
         "seed": "model initialisation seed",
         "world_seed": "seed of the training scene stream",
         "twins": "share of each batch made of hard-negative twins (same stuff, other categories or colours)",
+        "closeup": "share of scenes seen from close by: 1-2 large objects cut by the frame, so captions often "
+                   "name a single thing",
         "partial_captions": "share of captions that name one thing only, phrased like the prompt templates",
         "log_every": "log every N steps",
         "ckpt_every": "write checkpoint.pt every N steps",
         "threads": "CPU threads (torch.set_num_threads)",
+        "amp": "mixed precision: bf16 autocast (CPU with AVX512-BF16/AMX, or GPU), fp16 (CUDA only) or none",
     }
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
         kind = type(default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
-                       choices=("vit", "resnet") if f.name == "arch" else None,
+                       choices={"arch": ("vit", "resnet"), "amp": ("none", "bf16", "fp16")}.get(f.name),
                        help=f"{helps[f.name]} (default: {default})")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -68,21 +71,43 @@ def _train(args) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model = train(cfg, args.out, device=args.device, resume=not args.no_resume)
     if args.bundle:
-        _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(args))
+        _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(cfg, args.bundle), _train_seconds(args.out))
     return 0
 
 
-def _command_line(args) -> str:
-    return "maskclip toyworld train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "maskclip toyworld train"
+def _command_line(cfg, name: str) -> str:
+    """The training command that reproduces `cfg` (options that differ from the defaults; where the run
+    was written and how often it logged do not change the model)."""
+    from ..toyworld.train import TrainConfig
+
+    defaults = TrainConfig()
+    opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(TrainConfig)
+            if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every")]
+    return " ".join(["maskclip toyworld train", *opts, f"--bundle {name}"])
 
 
-def _bundle_model(model, name: str, cfg, command: str) -> None:
+def _train_seconds(run: str | Path) -> float | None:
+    """Wall time of the run's last logged step (log.jsonl), summed over resumed sessions."""
+    log = Path(run) / "log.jsonl"
+    if not log.is_file():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    # elapsed_s restarts at each (re)start: add up the last record of every session
+    total, last = 0.0, 0.0
+    for r in records:
+        if r["elapsed_s"] < last:
+            total += last
+        last = r["elapsed_s"]
+    return round(total + last, 1) if records else None
+
+
+def _bundle_model(model, name: str, cfg, command: str, train_seconds: float | None = None) -> None:
     from ..toyworld.bundle import bundle
 
     desc = (f"toy CLIP ({cfg.arch}, {cfg.image_size}px, width {cfg.vision_width}, {cfg.vision_layers} layers"
             f"{f', patch {cfg.patch_size}' if cfg.arch == 'vit' else ''}) trained {cfg.steps} steps x "
             f"{cfg.batch_size} on the maskclip toy world (seed {cfg.seed}, world seed {cfg.world_seed})")
-    bundle(model, name, desc, command)
+    bundle(model, name, desc, command, train_seconds=train_seconds)
 
 
 def _add_bundle(sub) -> None:
@@ -100,7 +125,7 @@ def _bundle(args) -> int:
     import torch
 
     from ..clip.model import build_model
-    from ..toyworld.train import TrainConfig, config_from_dict
+    from ..toyworld.train import config_from_dict
 
     run = Path(args.run)
     for f in ("model.pt", "config.json"):
@@ -110,13 +135,8 @@ def _bundle(args) -> int:
             return 1
     cfg = config_from_dict(json.loads((run / "config.json").read_text()))
     model = build_model(torch.load(run / "model.pt", map_location="cpu", weights_only=True)).float()
-    command = args.train_command
-    if command is None:
-        defaults = TrainConfig()
-        opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(TrainConfig)
-                if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every")]
-        command = " ".join(["maskclip toyworld train", *opts, f"--bundle {args.name}"])
-    _bundle_model(model, args.name, cfg, command)
+    command = args.train_command or _command_line(cfg, args.name)
+    _bundle_model(model, args.name, cfg, command, _train_seconds(run))
     return 0
 
 

@@ -50,7 +50,8 @@ def update_manifest(name: str, entry: dict, weights_dir: str | Path = WEIGHTS_DI
 
 
 def bundle(model: CLIP, name: str, description: str, train_command: str, weights_dir: str | Path = WEIGHTS_DIR,
-           scenes: int = 200, check_scenes: int = 40, seed: int = 0, log=print) -> dict:
+           scenes: int = 200, check_scenes: int = 40, seed: int = 0, train_seconds: float | None = None,
+           log=print) -> dict:
     """Export `model` as `<name>.pt.gz`, measure it through the fp16 round trip, write its manifest entry."""
     from ..clip.weights import load_clip
     from .evaluate import VARIANTS, evaluate_segmentation, heldout_scenes, toy_config
@@ -72,6 +73,7 @@ def bundle(model: CLIP, name: str, description: str, train_command: str, weights
         "description": description,
         "image_size": size,
         "train_command": train_command,
+        "train_seconds": train_seconds,
         "heldout_miou": round(100 * full.miou, 2),
         "best_variant": best,
         "heldout": {"scenes": scenes, "seed": seed, "variant": best,

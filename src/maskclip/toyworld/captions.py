@@ -1,7 +1,7 @@
 """Natural-language captions of toy-world scenes, and the prompt templates that match their style.
 
 Captions name every visible object with its colour (the colour is sometimes dropped in training so
-a bare category name also means something) and the stuff it stands on or in front of. The prompt
+a bare category name also means something) and the stuff in view (what it stands on or in front of). The prompt
 templates below are phrased like the captions: the toy CLIP never saw "a photo of a ..." language.
 """
 
@@ -66,14 +66,16 @@ def caption_for(scene: Scene, rng: np.random.Generator | None = None, train: boo
         drop_colour = rng is not None and train and rng.random() < 0.15
         names.append(article(o.category if drop_colour else f"{o.colour} {o.category}"))
     top = next((s for s in scene.stuff if s in _TOP_PHRASE), None)
-    ground = next(s for s in scene.stuff if s in _GROUND_PHRASE)
-    place = [_GROUND_PHRASE[ground]] + ([_TOP_PHRASE[top]] if top else [])
+    ground = next((s for s in scene.stuff if s in _GROUND_PHRASE), None)
+    place = ([_GROUND_PHRASE[ground]] if ground else []) + ([_TOP_PHRASE[top]] if top else [])
+    stuff = [c for c in (ground, top) if c]
     style = int(rng.integers(3)) if rng is not None else 0
-    if not names:
-        return f"{ground}" + (f" and {top}" if top else "") + " ."
+    if not names:  # only stuff in view
+        return f"{_join(stuff)} ."
+    if not stuff:  # a close-up filled by objects
+        return f"{_join(names)} ."
     if style == 0:
         return f"{_join(names)} {' '.join(place)} ."
     if style == 1:
-        stuff = _join([ground] + ([top] if top else []))
-        return f"{stuff} with {_join(names)} ."
+        return f"{_join(stuff)} with {_join(names)} ."
     return f"there is {_join(names)} {place[0]} ."

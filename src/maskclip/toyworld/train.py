@@ -43,18 +43,20 @@ class TrainConfig:
     text_width: int = 128
     text_layers: int = 3
     context_length: int = 32
-    steps: int = 500
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 50
     seed: int = 0  # model init
     world_seed: int = 0
-    partial_captions: float = 0.35  # share of captions naming a single thing in a prompt-template phrasing
+    partial_captions: float = 0.0  # share of captions naming a single thing in a prompt-template phrasing
     twins: float = 0.5  # share of each batch that is a hard-negative twin of another scene in it
+    closeup: float = 0.5  # share of scenes seen from close by (large objects cut by the frame)
     log_every: int = 50
     ckpt_every: int = 250
     threads: int = 2
+    amp: str = "none"  # "bf16" autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs), "fp16" (CUDA) or "none"
 
     def clip_config(self) -> CLIPConfig:
         text = dict(context_length=self.context_length, vocab_size=49408, transformer_width=self.text_width,
@@ -135,6 +137,16 @@ def _param_groups(model: CLIP, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _autocast(amp: str, device: str) -> torch.autocast:
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+    if amp not in dtypes:
+        raise ValueError(f"--amp {amp!r}: expected one of {sorted(dtypes)}")
+    kind = torch.device(device).type
+    if amp == "fp16" and kind != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (use bf16 on CPU)")
+    return torch.autocast(device_type=kind, dtype=dtypes[amp] or torch.float32, enabled=amp != "none")
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -155,7 +167,8 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     out.mkdir(parents=True, exist_ok=True)
     if device == "cpu":
         torch.set_num_threads(config.threads)
-    world = World(config.world_seed, WorldConfig(size=config.image_size, partial_captions=config.partial_captions))
+    world = World(config.world_seed, WorldConfig(size=config.image_size, partial_captions=config.partial_captions,
+                                                       closeup=config.closeup))
     model = new_model(config).to(device)
     opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     start = 0
@@ -170,6 +183,7 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
         log(f"resumed from {ckpt_path} at step {start}")
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     model.train()
+    autocast = _autocast(config.amp, device)
     t0 = time.time()
     with open(out / "log.jsonl", "a") as logf:
         for step in range(start, config.steps):
@@ -177,7 +191,8 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
                 g["lr"] = lr_at(step, config)
             images, tokens = make_batch(world, step, config.batch_size, config.context_length, config.twins)
             images, tokens = images.to(device), tokens.to(device)
-            loss = contrastive_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale)
+            with autocast:
+                loss = contrastive_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

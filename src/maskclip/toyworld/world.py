@@ -31,7 +31,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # colour-category pairs never rendered (so never captioned) in the training split
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("purple", "zebra"), ("yellow", "turtle"), ("orange", "fish"))
 SPLITS = {"train": 0, "val": 1, "test": 2}
-MIN_VISIBLE = 0.25  # an object with less than this fraction of its area visible is not captioned
+MIN_VISIBLE = 0.25  # an object is captioned when this fraction of its area is visible ...
+MIN_FRAME = 0.03  # ... or when it covers this fraction of the frame (close-ups cut objects at the border);
+# a stuff class is named when it covers at least MIN_FRAME of the frame
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class WorldConfig:
     noise: float = 6.0  # per-pixel gaussian noise (grey levels)
     heldout: bool = False  # allow HELDOUT_PAIRS (evaluation only)
     partial_captions: float = 0.0  # share of training captions that name one thing only
+    closeup: float = 0.0  # share of training scenes seen from close by: 1-2 large objects cut by the frame
+    closeup_size: tuple[float, float] = (0.6, 1.4)  # close-up object height as a fraction of the image side
 
 
 @dataclass
@@ -54,12 +58,9 @@ class ObjectInfo:
     category: str
     colour: str
     instance: int  # id in Scene.instances (1-based; 0 = stuff)
-    area: int  # pixels drawn before occlusion
+    area: int  # pixels inside the frame before occlusion
     visible: int  # pixels visible in the final image
-
-    @property
-    def captioned(self) -> bool:
-        return self.visible > 0 and self.visible >= self.area * MIN_VISIBLE
+    captioned: bool = False  # visible enough to be named in the caption (MIN_VISIBLE, MIN_FRAME)
 
 
 @dataclass
@@ -191,9 +192,14 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
                  objects: list[tuple[str, str]] | None = None,
-                 stuff: tuple[str | None, str] | None = None) -> Scene:
+                 stuff: tuple[str | None, str] | None = None, closeup: bool = False) -> Scene:
     """Render one scene. `objects` forces the (colour, category) list and `stuff` the (top or None,
-    ground) pair; otherwise they are drawn from `rng`."""
+    ground) pair; otherwise they are drawn from `rng`.
+
+    A `closeup` scene shows 1-2 objects of `config.closeup_size` placed anywhere (so often cut by the
+    frame) and a horizon anywhere, so a caption can name a single object or a single stuff: the
+    image-level evidence that teaches a patch what its own texture is called.
+    """
     s = config.size
     y, x = _grid(s)
     # stuff: top region (sky/wall) over a ground region, split by a wavy horizon
@@ -206,7 +212,8 @@ def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
         labels = np.full((s, s), CLASSES.index(ground), np.int64)
         image = _stuff_texture(ground, rng, s)
     else:
-        horizon = s * rng.uniform(0.3, 0.6) + s * 0.06 * np.sin(x[0] * rng.uniform(0.03, 0.12) + rng.random() * 6.3)
+        level = rng.uniform(-0.15, 1.15) if closeup else rng.uniform(0.3, 0.6)
+        horizon = s * level + s * 0.06 * np.sin(x[0] * rng.uniform(0.03, 0.12) + rng.random() * 6.3)
         is_top = y < horizon[None, :]
         labels = np.where(is_top, CLASSES.index(top), CLASSES.index(ground)).astype(np.int64)
         image = np.where(is_top[..., None], _stuff_texture(top, rng, s), _stuff_texture(ground, rng, s))
@@ -215,15 +222,19 @@ def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
 
     pairs = allowed_pairs(config.heldout)
     if objects is None:
-        n = int(rng.integers(config.min_objects, config.max_objects + 1))
+        n = int(rng.integers(1, 3)) if closeup else int(rng.integers(config.min_objects, config.max_objects + 1))
         objects = [pairs[i] for i in rng.integers(len(pairs), size=n)]
     infos: list[ObjectInfo] = []
     for k, (colour, category) in enumerate(objects, start=1):
         if colour not in COLOURS or category not in OBJECTS:
             raise ValueError(f"unknown object ({colour!r}, {category!r}); colours {list(COLOURS)}, "
                              f"categories {list(OBJECTS)}")
-        h = s * rng.uniform(config.min_object_size, config.max_object_size)
-        cy, cx = rng.uniform(h * 0.4, s - h * 0.4), rng.uniform(h * 0.4, s - h * 0.4)
+        if closeup:
+            h = s * rng.uniform(*config.closeup_size)
+            cy, cx = rng.uniform(0, s), rng.uniform(0, s)
+        else:
+            h = s * rng.uniform(config.min_object_size, config.max_object_size)
+            cy, cx = rng.uniform(h * 0.4, s - h * 0.4), rng.uniform(h * 0.4, s - h * 0.4)
         angle = rng.uniform(-0.5, 0.5)
         reach = h * 1.3  # bounding radius of every shape; draw only inside this box (speed)
         y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, s)
@@ -238,10 +249,14 @@ def render_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig(),
         infos.append(ObjectInfo(category, colour, k, int(mask.sum()), 0))
     for info in infos:
         info.visible = int((instances == info.instance).sum())
+        info.captioned = info.visible > 0 and (info.visible >= info.area * MIN_VISIBLE
+                                               or info.visible >= MIN_FRAME * s * s)
     image = image * rng.uniform(0.9, 1.1) + rng.normal(0, config.noise, image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
-    stuff = tuple(c for c in (top, ground) if c is not None)
-    return Scene(image=image, labels=labels, instances=instances, objects=infos, stuff=stuff)
+    counts = np.bincount(labels.ravel(), minlength=len(CLASSES))
+    stuff = tuple(c for c in (top, ground) if c is not None and counts[CLASSES.index(c)] >= MIN_FRAME * s * s)
+    return Scene(image=image, labels=labels, instances=instances, objects=infos, stuff=stuff,
+                 meta={"layout": (top, ground), "closeup": closeup})
 
 
 class World:
@@ -258,13 +273,14 @@ class World:
         if split != "train" and not config.heldout:
             config = WorldConfig(**{**config.__dict__, "heldout": True})
         rng = scene_rng(self.seed, split, index)
-        scene = render_scene(rng, config)
+        closeup = split == "train" and config.closeup > 0 and rng.random() < config.closeup
+        scene = render_scene(rng, config, closeup=closeup)
         scene.split, scene.index = split, index
         scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
 
     def twin(self, index: int, split: str = "train") -> Scene:
-        """A hard negative of `scene(index)`: same stuff, same number of objects, but each object's
+        """A hard negative of `scene(index)`: same stuff layout, same number of objects, but each object's
         category changed (70%) or its colour changed (30%), at new positions.
 
         Without twins, colours and stuff alone tell a caption from the rest of a batch and the
@@ -284,8 +300,7 @@ class World:
             else:
                 options = [(c, o.category) for c in COLOURS if c != o.colour and (c, o.category) in pairs]
             objects.append(options[rng.integers(len(options))])
-        top = base.stuff[0] if len(base.stuff) == 2 else None
-        scene = render_scene(rng, config, objects, stuff=(top, base.stuff[-1]))
+        scene = render_scene(rng, config, objects, stuff=base.meta["layout"], closeup=base.meta["closeup"])
         scene.split, scene.index = split, index
         scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
