@@ -70,6 +70,17 @@ def test_labels_and_captions_agree(closeup):
     assert mean < 3.0 if closeup else mean > 3.5
 
 
+def test_partial_captions_name_one_thing_in_view():
+    world = World(0, WorldConfig(closeup=0.5, partial_captions=1.0))
+    names = "|".join(CLASSES)
+    for i in range(300):  # includes close-ups filled by objects, with no stuff in view
+        s, t = world.scene(i), world.twin(i)
+        for scene in (s, t):
+            found = re.findall(rf"\b({names})\b", scene.caption)
+            assert len(found) == 1, scene.caption
+            assert found[0] in scene.stuff or any(o.captioned and o.category == found[0] for o in scene.objects)
+
+
 def test_heldout_pairs_never_in_training_split():
     world = World(0)
     seen = set()

@@ -41,7 +41,7 @@ def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
     built from the templates asks it.
     """
     objs = [o for o in scene.objects if o.captioned]
-    if objs and rng.random() < 0.75:
+    if objs and (rng.random() < 0.75 or not scene.stuff):  # a close-up may show no stuff at all
         o = objs[rng.integers(len(objs))]
         name = o.category if rng.random() < 0.3 else f"{o.colour} {o.category}"
     else:
