@@ -22,6 +22,24 @@ import numpy as np
 import torch
 
 
+def plus_rows(path: str | None, model: str, seed: int, size: int, sha: str | None) -> list[tuple]:
+    """MaskCLIP+ rows from a toyworld_plus results file, if it was made with this teacher and world."""
+    if not path or not Path(path).is_file():
+        return []
+    r = json.loads(Path(path).read_text())
+    teacher, world = r.get("teacher", {}), r.get("world", {})
+    if (teacher.get("model"), world.get("seed"), world.get("size")) != (model, seed, size) or \
+            (sha and teacher.get("sha256") and teacher["sha256"] != sha):
+        print(f"{path}: made with another teacher or world; MaskCLIP+ rows left out", file=sys.stderr)
+        return []
+    rows = []
+    for name, res in r["results"].items():
+        if name.startswith("MaskCLIP+"):
+            note = f"{world['test_scenes']} test scenes of the same split, from {path}"
+            rows.append((f"{name} (light-r18)", res["mIoU"], dict(zip(r["classes"], res["IoU"])), note))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-vit", help="bundled name or checkpoint path (default: toy-vit)")
@@ -30,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="scenes with two same-category objects of different colours (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="world seed of the held-out scenes (default: 0)")
     p.add_argument("--no-corruptions", action="store_true", help="skip the corruption rows")
+    p.add_argument("--plus", default="runs/toyworld_plus/results.json",
+                   help="results of benchmarks/toyworld_plus.py to add as MaskCLIP+ rows when present and made on "
+                        "the same model, world seed and image size (default: runs/toyworld_plus/results.json)")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     args = p.parse_args(argv)
@@ -62,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     seg(f"{best_name}, multi-scale {size}/{size * 3 // 2}/{size * 2}",
         toy_config(**best, resize="fit", scales=(size, size * 3 // 2, size * 2)))
     seg(f"{best_name}, input x2 ({size * 2}px)", toy_config(**best, resize="fit", size=(size * 2, size * 2)))
+
+    plus = plus_rows(args.plus, args.model, args.seed, size, getattr(model, "weights_sha256", None))
+    for name, miou, per, note in plus:
+        rows.append((name, miou, per))
+        print(f"  {name:<34} mIoU {100 * miou:5.1f} ({note})", file=sys.stderr)
 
     attr_scenes = attribute_scenes(args.attribute_scenes, seed=args.seed, size=size)
     attrs = {}

@@ -107,6 +107,59 @@ def test_twins_are_hard_negatives():
         assert np.array_equal(again.image, twin.image) and again.caption == twin.caption
 
 
+
+
+@pytest.mark.parametrize("category", ["zebra", "leopard", "turtle", "fish"])
+def test_patterns_carry_their_category_colour_on_any_body_colour(category):
+    """A single patch can tell the category (the pattern colour) and the attribute (the body colour)."""
+    from maskclip.toyworld.world import PATTERN_COLOURS, render_scene
+
+    pattern = np.array(PATTERN_COLOURS[category], np.float64)
+    for k, colour in enumerate(COLOURS):
+        rng = np.random.default_rng(k)
+        s = render_scene(rng, WorldConfig(noise=0.0), [(colour, category)], stuff=(None, "sand"))
+        px = s.image[s.instances == 1].astype(np.float64)
+        # the whole image is scaled by one brightness factor in [0.9, 1.1]: find it from the pattern pixels
+        dist = np.min([np.abs(px - f * pattern).max(1) for f in np.linspace(0.9, 1.1, 41)], axis=0)
+        share = (dist <= 3).mean()
+        assert 0.2 < share < 0.8, (category, colour, share)  # pattern and body both visible
+
+def test_stuff_twins_keep_the_objects_and_change_the_stuff():
+    world = World(0, WorldConfig(closeup=0.5))
+    kinds = {"stuff": 0, "objects": 0}
+    differ = 0
+    for i in range(60):
+        base, twin = world.scene(i), world.twin(i, stuff_share=1.0)
+        if base.meta["closeup"]:  # close-ups often show no stuff: their twins change the objects
+            assert twin.meta["layout"] == base.meta["layout"]
+            kinds["objects"] += 1
+            continue
+        kinds["stuff"] += 1
+        assert [(o.colour, o.category) for o in twin.objects] == [(o.colour, o.category) for o in base.objects]
+        (t0, g0), (t1, g1) = base.meta["layout"], twin.meta["layout"]
+        assert (t0 != t1) + (g0 != g1) == 1  # exactly one of the two stuff regions changed
+        assert (t1 is None) == (t0 is None)
+        new = (t1 if t0 != t1 else g1)
+        if new in twin.caption:
+            assert new in twin.stuff
+            differ += 1
+        else:  # one caption style names the ground only ("there is a red zebra in the water .")
+            assert new in ("sky", "wall") and "there is" in twin.caption, twin.caption
+    assert kinds["stuff"] > 20 and kinds["objects"] > 10, kinds
+    assert differ > 0.75 * kinds["stuff"], (differ, kinds)
+
+
+def test_prefetched_batches_equal_inline_batches():
+    from maskclip.toyworld.train import batches, make_batch
+
+    cfg = TrainConfig(**{**TINY, "steps": 4, "workers": 1, "twins": 0.5, "twin_stuff": 0.5})
+    world = World(cfg.world_seed, WorldConfig(size=cfg.image_size, closeup=cfg.closeup))
+    got = list(batches(world, cfg, start=1))
+    assert len(got) == 3
+    for step, (images, tokens) in zip(range(1, 4), got):
+        ref_images, ref_tokens = make_batch(world, step, cfg.batch_size, cfg.context_length, 0.5, 0.5)
+        assert torch.equal(images, ref_images) and torch.equal(tokens, ref_tokens)
+
 TINY = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=1, embed_dim=32, text_width=64,
             text_layers=1, context_length=32, batch_size=16, lr=2e-3, warmup=5, log_every=5, ckpt_every=10)
 
@@ -221,9 +274,10 @@ def test_bundled_toy_vit_segments_heldout_scenes():
     scenes = heldout_scenes(check["scenes"], seed=check["seed"], size=entry["image_size"])
     r = evaluate_segmentation(model, scenes, toy_config(**VARIANTS[check["variant"]]))
     assert r.miou * 100 >= check["miou"] - 1.0, (r.miou, check)
-    # MaskCLIP's modification is what makes the dense labels: the unmodified last layer does worse
+    # MaskCLIP's modification is what makes the dense labels: the unmodified last layer is at least
+    # 10 points worse (the issue's target; 36.6 vs 7.0 on 200 scenes when bundled)
     base = evaluate_segmentation(model, scenes, toy_config(**VARIANTS["baseline"]))
-    assert r.miou > base.miou + 0.05, (r.miou, base.miou)
+    assert r.miou > base.miou + 0.10, (r.miou, base.miou)
 
 
 def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):

@@ -40,6 +40,10 @@ def _add_train(sub) -> None:
         "seed": "model initialisation seed",
         "world_seed": "seed of the training scene stream",
         "twins": "share of each batch made of hard-negative twins (same stuff, other categories or colours)",
+        "twin_stuff": "share of the twins that keep the objects and change the stuff (another ground or top), "
+                      "so the stuff classes must be told apart too",
+        "workers": "processes that render upcoming batches while the model trains (0: render in-line); the "
+                   "model does not depend on it",
         "closeup": "share of scenes seen from close by: 1-2 large objects cut by the frame, so captions often "
                    "name a single thing",
         "partial_captions": "share of captions that name one thing only, phrased like the prompt templates",
@@ -82,7 +86,7 @@ def _command_line(cfg, name: str) -> str:
 
     defaults = TrainConfig()
     opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(TrainConfig)
-            if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every")]
+            if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every", "workers")]
     return " ".join(["maskclip toyworld train", *opts, f"--bundle {name}"])
 
 

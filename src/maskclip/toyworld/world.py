@@ -2,8 +2,9 @@
 
 Every scene is two background "stuff" regions split by a wavy horizon and one to four coloured objects
 that may occlude each other. Each class carries LOCAL evidence a patch-level model can see (grass
-blades, bricks, waves; an object's stripes, spots, checks, scales or glossy smoothness), because
-MaskCLIP labels each patch on its own: a category defined only by its outline cannot be localised.
+blades, bricks, waves; an object's stripes, spots, checks, scales or glossy smoothness, each pattern
+in a colour of its own), because MaskCLIP labels each patch on its own: a category defined only by
+its outline cannot be localised.
 Object colour is an attribute, so "red zebra" vs "yellow zebra" is a meaningful query, and a few
 colour-category pairs never occur in the training world (`HELDOUT_PAIRS`) to test open-vocabulary transfer.
 
@@ -152,19 +153,27 @@ def _object_mask(category: str, cy: float, cx: float, h: float,
     return mask, u, v
 
 
+# each category's pattern has a colour of its own (a zebra's black stripes, a leopard's brown spots):
+# local evidence a single patch can show whatever the body colour (the attribute) is
+PATTERN_COLOURS: dict[str, tuple[int, int, int]] = {
+    "zebra": (20, 20, 25),  # near-black stripes
+    "leopard": (100, 55, 15),  # dark brown spots
+    "turtle": (60, 85, 30),  # olive shell plates
+    "fish": (15, 85, 95),  # dark teal scales
+}
+
+
 def _object_texture(category: str, colour: np.ndarray, rng: np.random.Generator, u: np.ndarray,
                     v: np.ndarray, h: float) -> np.ndarray:
-    """The category's local pattern painted in the object's colour (float H x W x 3)."""
-    dark = np.array([30, 25, 25], np.float32)
+    """The category's local pattern, in its own pattern colour, on the object's colour (float H x W x 3)."""
     ou, ov = rng.random(2) * 10
     if category == "zebra":  # stripes across the body, period 6 px
         on = np.sin((u + ou) * (2 * np.pi / 6.0) + 0.8 * np.sin(v * 0.3)) > 0.2
-    elif category == "leopard":  # dark spots on a jittered 7 px grid
+    elif category == "leopard":  # spots on a 7 px grid
         cu, cv = (u + ou) % 7.0 - 3.5, (v + ov) % 7.0 - 3.5
         on = cu ** 2 + cv ** 2 < 2.0 ** 2
-    elif category == "turtle":  # checkered shell, 5 px cells, darker shade of the colour
+    elif category == "turtle":  # checkered shell, 5 px cells
         on = ((np.floor((u + ou) / 5.0) + np.floor((v + ov) / 5.0)) % 2) == 0
-        return np.where(on[..., None], colour * 0.5, colour)
     elif category == "fish":  # scales: thin diagonal cross-hatch, period 5 px
         d1 = (u + v + ou) % 5.0 < 1.2
         d2 = (u - v + ov) % 5.0 < 1.2
@@ -175,7 +184,7 @@ def _object_texture(category: str, colour: np.ndarray, rng: np.random.Generator,
         return np.clip(colour * shade + 40 * np.clip(0.25 - r, 0, None)[..., None] * 4, 0, 255)
     else:
         raise ValueError(f"unknown object category {category!r}; expected one of {OBJECTS}")
-    return np.where(on[..., None], dark, colour)
+    return np.where(on[..., None], np.array(PATTERN_COLOURS[category], np.float32), colour)
 
 
 def allowed_pairs(heldout: bool) -> list[tuple[str, str]]:
@@ -279,12 +288,16 @@ class World:
         scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
 
-    def twin(self, index: int, split: str = "train") -> Scene:
-        """A hard negative of `scene(index)`: same stuff layout, same number of objects, but each object's
-        category changed (70%) or its colour changed (30%), at new positions.
+    def twin(self, index: int, split: str = "train", stuff_share: float = 0.0) -> Scene:
+        """A hard negative of `scene(index)`: what a caption says is changed, the rest kept.
 
-        Without twins, colours and stuff alone tell a caption from the rest of a batch and the
-        model never has to learn the categories' textures.
+        With probability `stuff_share` (wide scenes only) the objects are kept (same colours and categories, new positions)
+        and the stuff changes (another ground, or another top); otherwise the stuff layout and the number
+        of objects are kept and each object's category changes (70%) or its colour changes (30%).
+
+        Without twins, colours and stuff alone tell a caption from the rest of a batch and the model
+        never has to learn the categories' textures; without stuff twins, the objects alone do, and the
+        stuff classes get almost no gradient (a batch holds only a dozen stuff layouts).
         """
         from .captions import caption_for
 
@@ -292,15 +305,24 @@ class World:
         config = self.config
         rng = np.random.default_rng([self.seed, SPLITS[split], index, 1])
         pairs = set(allowed_pairs(config.heldout or split != "train"))
-        change_category = rng.random() < 0.7
-        objects = []
-        for o in base.objects:
-            if change_category:
-                options = [(o.colour, c) for c in OBJECTS if c != o.category and (o.colour, c) in pairs]
+        top, ground = base.meta["layout"]
+        if stuff_share > 0 and not base.meta["closeup"] and rng.random() < stuff_share:
+            objects = [(o.colour, o.category) for o in base.objects]
+            if top is not None and rng.random() < 0.5:
+                top = next(t for t in SKY_STUFF if t != top)
             else:
-                options = [(c, o.category) for c in COLOURS if c != o.colour and (c, o.category) in pairs]
-            objects.append(options[rng.integers(len(options))])
-        scene = render_scene(rng, config, objects, stuff=base.meta["layout"], closeup=base.meta["closeup"])
+                options = [g for g in GROUND_STUFF if g != ground]
+                ground = options[rng.integers(len(options))]
+        else:
+            change_category = rng.random() < 0.7
+            objects = []
+            for o in base.objects:
+                if change_category:
+                    options = [(o.colour, c) for c in OBJECTS if c != o.category and (o.colour, c) in pairs]
+                else:
+                    options = [(c, o.category) for c in COLOURS if c != o.colour and (c, o.category) in pairs]
+                objects.append(options[rng.integers(len(options))])
+        scene = render_scene(rng, config, objects, stuff=(top, ground), closeup=base.meta["closeup"])
         scene.split, scene.index = split, index
         scene.caption = caption_for(scene, rng, train=(split == "train"), partial=config.partial_captions)
         return scene
