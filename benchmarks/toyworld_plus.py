@@ -1,7 +1,7 @@
 """MaskCLIP+ on the toy world: does the trained network beat the MaskCLIP that taught it?
 
-    python benchmarks/toyworld_plus.py                  # full run (~15 min on 2 CPU cores)
-    python benchmarks/toyworld_plus.py --quick          # smaller run (~4 min)
+    python benchmarks/toyworld_plus.py                  # full run (~28 min on 2 CPU cores)
+    python benchmarks/toyworld_plus.py --quick          # smaller run (~7 min)
     python benchmarks/toyworld_plus.py --json out/toyworld_plus.json
 
 Everything goes through the commands users run: the training images (the world's train split) are
