@@ -214,6 +214,14 @@ def test_trainer_resume_continues_the_same_run(tmp_path):
         train(TrainConfig(**TINY, steps=11), tmp_path / "cut", log=lambda *_: None)
 
 
+
+def test_a_fresh_run_starts_its_log_anew(tmp_path):
+    """--no-resume over an old run: the log (and so the bundle's train_seconds) is of the new run only."""
+    cfg = TrainConfig(**{**TINY, "log_every": 1}, steps=3)
+    for _ in range(2):
+        train(cfg, tmp_path, resume=False, log=lambda *_: None)
+    assert [r["step"] for r in _log(tmp_path / "log.jsonl")] == [1, 2, 3]
+
 def test_contrastive_loss_is_symmetric_and_low_when_matched():
     x = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     scale = torch.tensor(np.log(100.0))

@@ -226,7 +226,9 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     model.train()
     autocast = _autocast(config.amp, device)
     t0 = time.time()
-    with open(out / "log.jsonl", "a") as logf:
+    # a resumed run appends to its log; a fresh one (--no-resume, or no checkpoint) starts it anew, so
+    # the bundle's train_seconds counts only the run that made the model
+    with open(out / "log.jsonl", "a" if start else "w") as logf:
         for step, (images, tokens) in zip(range(start, config.steps), batches(world, config, start)):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, config)

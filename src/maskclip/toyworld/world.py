@@ -291,9 +291,10 @@ class World:
     def twin(self, index: int, split: str = "train", stuff_share: float = 0.0) -> Scene:
         """A hard negative of `scene(index)`: what a caption says is changed, the rest kept.
 
-        With probability `stuff_share` (wide scenes only) the objects are kept (same colours and categories, new positions)
-        and the stuff changes (another ground, or another top); otherwise the stuff layout and the number
-        of objects are kept and each object's category changes (70%) or its colour changes (30%).
+        With probability `stuff_share` (wide scenes only) the objects are kept (same colours and
+        categories, new positions) and the stuff changes (another ground, or another top); otherwise the
+        stuff layout and the number of objects are kept and each object's category changes (70%) or its
+        colour changes (30%).
 
         Without twins, colours and stuff alone tell a caption from the rest of a batch and the model
         never has to learn the categories' textures; without stuff twins, the objects alone do, and the
