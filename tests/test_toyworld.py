@@ -124,6 +124,7 @@ def test_patterns_carry_their_category_colour_on_any_body_colour(category):
         share = (dist <= 3).mean()
         assert 0.2 < share < 0.8, (category, colour, share)  # pattern and body both visible
 
+
 def test_stuff_twins_keep_the_objects_and_change_the_stuff():
     world = World(0, WorldConfig(closeup=0.5))
     kinds = {"stuff": 0, "objects": 0}
