@@ -1,10 +1,11 @@
 """Quality ladder of MaskCLIP variants on held-out toy-world scenes with a bundled toy CLIP.
 
-    python benchmarks/toyworld.py                       # toy-vit, 200 scenes, all rows
+    python benchmarks/toyworld.py                       # toy-rn, 200 scenes, all rows
     python benchmarks/toyworld.py --model toy-vit --scenes 200 --json out/toyworld_ladder.json
 
 Rows: the paper's baseline (unmodified last layer), the authors' value path (residual + FFN) and the
-value-only path, each with and without key smoothing (KS) and prompt denoising (PD); multi-scale;
+value-only path, each with and without key smoothing (KS) and prompt denoising (PD); for ResNets the
+a trous read-out at output stride 16 and 8 (OS16, OS8: our addition); multi-scale;
 attribute queries ("COLOUR CATEGORY" must pick the right one of two same-category instances), with
 held-out colour-category pairs separately; and ImageNet-C-style corruptions at severities 1/3/5.
 """
@@ -42,7 +43,8 @@ def plus_rows(path: str | None, model: str, seed: int, size: int, sha: str | Non
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy-vit", help="bundled name or checkpoint path (default: toy-vit)")
+    p.add_argument("--model", default="toy-rn", help="bundled name or checkpoint path (default: toy-rn; the other "
+                                                    "bundled one is toy-vit)")
     p.add_argument("--scenes", type=int, default=200, help="held-out scenes for mIoU (default: 200)")
     p.add_argument("--attribute-scenes", type=int, default=200,
                    help="scenes with two same-category objects of different colours (default: 200)")
@@ -58,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from maskclip.clip.weights import load_clip
     from maskclip.toyworld import CLASSES
-    from maskclip.toyworld.evaluate import (BEST_VARIANT, VARIANTS, attribute_scenes, class_classifier,
-                                            evaluate_attributes, evaluate_segmentation, heldout_scenes,
-                                            toy_config)
+    from maskclip.toyworld.evaluate import (BEST_VARIANT, VARIANTS, WORLD_SIZE, attribute_scenes,
+                                            class_classifier, evaluate_attributes, evaluate_segmentation,
+                                            heldout_scenes, toy_config, variants_for)
 
     t0 = time.time()
     model = load_clip(args.model)
-    size = model.visual.input_resolution
-    scenes = heldout_scenes(args.scenes, seed=args.seed, size=size)
+    size = model.visual.input_resolution  # the model's input; scenes are WORLD_SIZE and resized to it
+    scenes = heldout_scenes(args.scenes, seed=args.seed)
     clf = class_classifier(model)
     rows: list[tuple[str, float, dict]] = []
 
@@ -74,25 +76,26 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, r.miou, r.per_class()))
         print(f"  {name:<34} mIoU {100 * r.miou:5.1f}", file=sys.stderr)
 
-    for name, over in VARIANTS.items():
-        seg(name, toy_config(**over))
+    variants = variants_for(model)
+    for name, over in variants.items():
+        seg(name, toy_config(model, **over))
     from maskclip.commands.demo import _best_variant
 
     best_name = _best_variant(args.model, BEST_VARIANT)  # the bundle's measured best, for the rows below
     best = VARIANTS[best_name]
     seg(f"{best_name}, multi-scale {size}/{size * 3 // 2}/{size * 2}",
-        toy_config(**best, resize="fit", scales=(size, size * 3 // 2, size * 2)))
-    seg(f"{best_name}, input x2 ({size * 2}px)", toy_config(**best, resize="fit", size=(size * 2, size * 2)))
+        toy_config(model, **best, resize="fit", scales=(size, size * 3 // 2, size * 2)))
+    seg(f"{best_name}, input x2 ({size * 2}px)", toy_config(model, **best, resize="fit", size=(size * 2, size * 2)))
 
-    plus = plus_rows(args.plus, args.model, args.seed, size, getattr(model, "weights_sha256", None))
+    plus = plus_rows(args.plus, args.model, args.seed, WORLD_SIZE, getattr(model, "weights_sha256", None))
     for name, miou, per, note in plus:
         rows.append((name, miou, per))
         print(f"  {name:<34} mIoU {100 * miou:5.1f} ({note})", file=sys.stderr)
 
-    attr_scenes = attribute_scenes(args.attribute_scenes, seed=args.seed, size=size)
+    attr_scenes = attribute_scenes(args.attribute_scenes, seed=args.seed)
     attrs = {}
     for name in dict.fromkeys(("baseline", "authors", "value-only", best_name)):
-        a = evaluate_attributes(model, attr_scenes, toy_config(**VARIANTS[name]))
+        a = evaluate_attributes(model, attr_scenes, toy_config(model, **VARIANTS[name]))
         attrs[name] = {"seen": a.accuracy, "seen_n": a.total, "heldout": a.heldout_accuracy,
                        "heldout_n": a.heldout_total}
 
@@ -107,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             for cname in ("gaussian_noise", "gaussian_blur", "jpeg_compression"):
                 for sev in (1, 3, 5):
                     imgs = [corrupt(s.image, cname, sev, seed=i) for i, s in enumerate(scenes)]
-                    r = evaluate_segmentation(model, scenes, toy_config(**best), clf, images=imgs)
+                    r = evaluate_segmentation(model, scenes, toy_config(model, **best), clf, images=imgs)
                     corr.append((cname, sev, r.miou))
                     print(f"  {cname} s{sev}: {100 * r.miou:5.1f}", file=sys.stderr)
 
     short = [c[:5] for c in CLASSES]
-    print(f"\nToy-world ladder: model {args.model}, {len(scenes)} held-out scenes ({size}px), "
+    print(f"\nToy-world ladder: model {args.model}, {len(scenes)} held-out scenes ({WORLD_SIZE}px, model input "
+          f"{size}px), "
           f"world seed {args.seed}\n")
     print("| variant | mIoU | " + " | ".join(short) + " |")
     print("|---|---:|" + "---:|" * len(short))
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, a in attrs.items():
         print(f"| {name} | {100 * a['seen']:.1f}% (n={a['seen_n']}) | {100 * a['heldout']:.1f}% (n={a['heldout_n']}) |")
     if corr:
-        print(f"\nCorruptions ({best_name}; clean {100 * rows[list(VARIANTS).index(best_name)][1]:.1f}):\n")
+        print(f"\nCorruptions ({best_name}; clean {100 * rows[list(variants).index(best_name)][1]:.1f}):\n")
         print("| corruption | s1 | s3 | s5 |")
         print("|---|---:|---:|---:|")
         for cname in dict.fromkeys(c for c, _, _ in corr):

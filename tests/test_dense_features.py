@@ -1,5 +1,6 @@
 """Dense feature paths against straightforward re-derivations from the model's own modules."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -108,3 +109,60 @@ def test_unknown_path_is_rejected(tiny_vit):
 
     with pytest.raises(ValueError, match="value-only"):
         dense_features(tiny_vit, torch.randn(1, 3, 32, 32), "values")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_resnet_a_trous_grid_holds_the_stride32_features_of_shifted_windows(output_stride):
+    """At output stride 16/8 every position is the stride-32 network on a window shifted by that stride:
+    checked against the unmodified network run on shifted copies of the (padded) input, with several
+    bottlenecks per stage so the dilation carries over from block to block. The unshifted subgrid is
+    exact everywhere; shifted ones away from the border (where the shifted copy's zero padding differs
+    from the real neighbours the a trous network sees)."""
+    from conftest import randomize
+
+    from maskclip.clip.model import ModifiedResNet
+    from maskclip.dense.features import resnet_features
+
+    torch.manual_seed(0)
+    visual = randomize(ModifiedResNet((2, 1, 2, 2), 32, 4, 64, 16), seed=3).eval()
+    images = torch.randn(1, 3, 288, 256)
+    fine = resnet_features(visual, images, output_stride)
+    assert fine.shape[-2:] == (288 // output_stride, 256 // output_stride)
+    off = (32 - output_stride) // 2
+    padded = F.pad(images, (off, 32 - off, off, 32 - off))
+    for sy in range(0, 32, output_stride):
+        for sx in range(0, 32, output_stride):
+            # the unmodified network on the padded input shifted by (sy, sx): its cell (i, j) is the window
+            # at (32 i + sy - off, 32 j + sx - off) of the image, i.e. fine position (32 i + sy) / stride
+            shifted = F.pad(padded[..., sy:, sx:], (0, sx, 0, sy))
+            ref = visual.features(shifted)
+            got = fine[..., sy // output_stride::32 // output_stride, sx // output_stride::32 // output_stride]
+            h, w = got.shape[-2:]
+            b = 0 if sy == sx == 0 else 3
+            torch.testing.assert_close(got[..., b:h - b, b:w - b], ref[..., b:h - b, b:w - b], atol=1e-4, rtol=1e-4)
+            if b:  # ... and the border cells do differ, so the interior check is not vacuous
+                assert not torch.allclose(got[..., 0, :], ref[..., 0, :w], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_output_stride_through_dense_features_and_its_limits(tiny_rn, tiny_vit):
+    images = torch.randn(1, 3, 64, 96)
+    coarse = dense_features(tiny_rn, images, "value-only", keys=True)
+    fine = dense_features(tiny_rn, images, "value-only", keys=True, output_stride=8)
+    assert coarse.feats.shape[-2:] == (2, 3) and fine.feats.shape[-2:] == (8, 12)
+    assert fine.keys.shape[-2:] == (8, 12)
+    # the fine grid holds the coarse one (cell (i, j) = the window at 32 (i, j) shifted back by 12 px)
+    torch.testing.assert_close(dense_features(tiny_rn, images, "value-only", output_stride=32).feats,
+                               coarse.feats)
+    with pytest.raises(ValueError, match="ResNet"):
+        dense_features(tiny_vit, images, "value-only", output_stride=8)
+    with pytest.raises(ValueError, match="output_stride"):
+        dense_features(tiny_rn, images, "value-only", output_stride=4)
+
+
+def test_maskclip_config_rejects_odd_output_stride():
+    from maskclip.dense import MaskCLIPConfig
+
+    with pytest.raises(ValueError, match="output_stride"):
+        MaskCLIPConfig(output_stride=12)

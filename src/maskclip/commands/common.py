@@ -27,7 +27,7 @@ def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default,
                    help=f"CLIP by name (ViT-B/16, ViT-B/32, ViT-L/14, ViT-L/14@336px, RN50, RN101, RN50x4, "
-                        f"RN50x16, RN50x64; toy-vit is bundled) or a checkpoint path; default {default}. "
+                        f"RN50x16, RN50x64; toy-rn and toy-vit are bundled) or a checkpoint path; default {default}. "
                         "Named OpenAI models are downloaded once into $MASKCLIP_CACHE (~/.cache/maskclip).")
     g.add_argument("--weights", metavar="PATH",
                    help="a local checkpoint (OpenAI TorchScript .pt, state dict, OpenCLIP checkpoint, "
@@ -82,6 +82,10 @@ def add_maskclip_options(p: argparse.ArgumentParser) -> None:
                         "with one template per line containing {}")
     g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="autocast precision of the image encoder (fp16/bf16 are faster on GPUs)")
+    g.add_argument("--dense-stride", type=int, choices=[32, 16, 8], default=DEFAULTS.output_stride,
+                   help="ResNet CLIPs only: read the dense features at output stride 16 or 8 instead of CLIP's 32 "
+                        "(the paper's): same weights, the last strides removed and later layers dilated (a trous), "
+                        "a 2x or 4x finer grid (default: 32)")
 
 
 def add_vocabulary_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -104,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> MaskCLIPConfig:
         logit_scale=args.logit_scale, mode=args.mode, resize=args.resize, size=size, crop=args.crop,
         stride=args.stride, scales=tuple(args.scales) if args.scales else None, normalize=args.normalize,
         interpolation=args.interpolation, window_batch=args.window_batch, max_pixels=args.max_pixels,
-        dtype=None if args.dtype == "fp32" else args.dtype)
+        dtype=None if args.dtype == "fp32" else args.dtype, output_stride=args.dense_stride)
 
 
 def templates_from_arg(text: str) -> str | list[str]:
@@ -154,7 +158,8 @@ def settings_dict(config: MaskCLIPConfig) -> dict:
 _CONFIG_FIELDS = {"path": "path", "ks": "ks", "ks_form": "ks_form", "pd": "pd", "pd_threshold": "pd_threshold",
                   "logit_scale": "logit_scale", "mode": "mode", "resize": "resize", "size": "size",
                   "scales": "scales", "crop": "crop", "stride": "stride", "window_batch": "window_batch", "max_pixels": "max_pixels",
-                  "normalize": "normalize", "interpolation": "interpolation", "dtype": "dtype"}
+                  "normalize": "normalize", "interpolation": "interpolation", "dtype": "dtype",
+                  "dense_stride": "output_stride"}
 
 
 def unset_maskclip_defaults(p: argparse.ArgumentParser) -> None:

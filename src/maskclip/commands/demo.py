@@ -63,8 +63,9 @@ def register(subparsers) -> None:
         "demo", help="offline demo: segment toy-world scenes with the bundled toy CLIP",
         description="Render held-out toy-world scenes, segment them with MaskCLIP on the bundled toy CLIP "
                     "(no download needed), write overlays and side-by-side panels, and print per-class IoU.")
-    p.add_argument("--model", default="toy-vit",
-                   help="CLIP weights: a bundled name (toy-vit), an OpenAI name or a checkpoint path (default: toy-vit)")
+    p.add_argument("--model", default="toy-rn",
+                   help="CLIP weights: a bundled name (toy-rn, toy-vit), an OpenAI name or a checkpoint path "
+                        "(default: toy-rn)")
     p.add_argument("--out", default="maskclip-demo", help="output directory (default: maskclip-demo)")
     p.add_argument("-n", "--num-scenes", type=int, default=8, help="number of scenes to render (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="world seed of the held-out scenes (default: 0)")
@@ -74,6 +75,9 @@ def register(subparsers) -> None:
     p.add_argument("--path", default=None, choices=("value-only", "authors", "baseline"),
                    help="dense feature path (default: the variant the bundled model's manifest records as best; "
                         "value-only otherwise)")
+    p.add_argument("--dense-stride", type=int, default=None, choices=(32, 16, 8),
+                   help="ResNet models: output stride of the dense read-out (default: the bundled model's best "
+                        "variant; toy-rn: 16, a trous; 32 is the paper's)")
     p.add_argument("--ks", action="store_true", help="key smoothing")
     p.add_argument("--pd", action="store_true", help="prompt denoising")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the panels (default: 4)")
@@ -114,14 +118,19 @@ def run(args) -> int:
     overrides = dict(VARIANTS[_best_variant(args.model, BEST_VARIANT)])
     if args.path:
         overrides["path"] = args.path
+    if args.dense_stride:
+        overrides["output_stride"] = args.dense_stride
     overrides["ks"] = args.ks or overrides.get("ks", False)
     overrides["pd"] = args.pd or overrides.get("pd", False)
-    config = toy_config(**overrides)
+    config = toy_config(model, **overrides)
     engine = MaskCLIP(model, config)
     classifier = build_text_classifier(model, queries, TEMPLATES)
-    size = model.visual.input_resolution
-    scenes = heldout_scenes(args.num_scenes, seed=args.seed, size=size)
-    scores = scene_scores(engine, [s.image for s in scenes], classifier)
+    scenes = heldout_scenes(args.num_scenes, seed=args.seed)
+    try:
+        scores = scene_scores(engine, [s.image for s in scenes], classifier)
+    except ValueError as err:  # e.g. --dense-stride on a ViT
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     preds = scores.argmax(1).numpy()
 
     out = Path(args.out)
@@ -138,7 +147,8 @@ def run(args) -> int:
                          panel(scene.image, gt, pred, queries, colors, scale=args.scale, title=scene.caption))
 
     print("panels: image | ground truth (black: no query applies) | prediction")
-    print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}, "
+    print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}"
+          f"{f' +OS{config.output_stride}' if config.output_stride else ''}, "
           f"{len(scenes)} held-out scenes, panels in {out}/")
     for i, s in enumerate(scenes[:3]):
         print(f"  scene {i}: {s.caption}")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-DEFAULT_OUT = "runs/toy-vit"
+DEFAULT_OUT = "runs/toy"
 
 
 def _add_train(sub) -> None:
@@ -24,7 +24,9 @@ def _add_train(sub) -> None:
     defaults = TrainConfig()
     helps = {
         "arch": "image encoder: vit or resnet",
-        "image_size": "square image side in pixels (scenes are rendered at this size)",
+        "image_size": "model input side in pixels (scenes are resized to it bilinearly, as MaskCLIP does at "
+                      "inference; a ResNet needs a multiple of 32)",
+        "world_size": "side of the rendered scenes in pixels (objects and textures are sized in these pixels)",
         "patch_size": "ViT patch size",
         "vision_width": "ViT width (heads = width // 64) or ResNet stem width (attention-pool heads = width*32//64)",
         "vision_layers": "ViT blocks (ResNets use one bottleneck per stage)",
@@ -58,14 +60,16 @@ def _add_train(sub) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                        choices={"arch": ("vit", "resnet"), "amp": ("none", "bf16", "fp16")}.get(f.name),
                        help=f"{helps[f.name]} (default: {default})")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    p.add_argument("--out", default=None, help=f"output directory (default: runs/NAME with --bundle NAME, else "
+                                               f"{DEFAULT_OUT})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch even if --out holds a checkpoint of the same config")
     p.add_argument("--bundle", metavar="NAME", default=None,
                    help="after training, write NAME.pt.gz (fp16, gzipped) into the package's toyworld/weights/, "
                         "measure its held-out mIoU and record it with its SHA-256 in manifest.json, so that "
-                        "load_clip(NAME) finds it (the bundled toy-vit: --bundle toy-vit)")
+                        "load_clip(NAME) finds it (the bundled ones: --bundle toy-vit, and for toy-rn the "
+                        "command in its manifest entry)")
     p.set_defaults(func=_train)
 
 
@@ -73,9 +77,10 @@ def _train(args) -> int:
     from ..toyworld.train import TrainConfig, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    model = train(cfg, args.out, device=args.device, resume=not args.no_resume)
+    out = args.out or (f"runs/{args.bundle}" if args.bundle else DEFAULT_OUT)
+    model = train(cfg, out, device=args.device, resume=not args.no_resume)
     if args.bundle:
-        _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(cfg, args.bundle), _train_seconds(args.out))
+        _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(cfg, args.bundle), _train_seconds(out))
     return 0
 
 
@@ -108,8 +113,9 @@ def _train_seconds(run: str | Path) -> float | None:
 def _bundle_model(model, name: str, cfg, command: str, train_seconds: float | None = None) -> None:
     from ..toyworld.bundle import bundle
 
-    desc = (f"toy CLIP ({cfg.arch}, {cfg.image_size}px, width {cfg.vision_width}, {cfg.vision_layers} layers"
-            f"{f', patch {cfg.patch_size}' if cfg.arch == 'vit' else ''}) trained {cfg.steps} steps x "
+    layers = f"{cfg.vision_layers} layers, patch {cfg.patch_size}" if cfg.arch == "vit" else "1 bottleneck per stage"
+    desc = (f"toy CLIP ({cfg.arch}, {cfg.image_size}px input, {cfg.world_size}px scenes, width {cfg.vision_width}, "
+            f"{layers}) trained {cfg.steps} steps x "
             f"{cfg.batch_size} on the maskclip toy world (seed {cfg.seed}, world seed {cfg.world_seed})")
     bundle(model, name, desc, command, train_seconds=train_seconds)
 
@@ -152,7 +158,7 @@ def _add_render(sub) -> None:
     p.add_argument("-n", "--num", type=int, default=16, help="number of scenes (default: 16)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="scene split (default: test)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
-    p.add_argument("--size", type=int, default=None, help="image side (default: the bundled model's size)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: the world's 64, what the bundled models were trained on)")
     p.set_defaults(func=_render)
 
 

@@ -13,6 +13,12 @@ Three ways to read the last layer:
 
 Keys (for key smoothing) are k_proj(x) for ResNets and out_proj(K(ln_1(x))) for ViTs, as the authors did.
 Only the projections a path needs are computed.
+
+ResNets can also be read at output stride 16 or 8 instead of CLIP's 32 (`output_stride`, our addition:
+the paper and the authors' code use 32): the last strides are removed and the later 3x3 convolutions
+and pools dilated ("a trous"), so every position holds the stride-32 feature of a window shifted by a
+multiple of the new stride (exactly, away from the image border, where the shifted window would have
+seen zero padding). Same weights, same features, a 2x or 4x finer grid.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..clip.model import CLIP, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
+from ..clip.model import CLIP, Bottleneck, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
 
 Path = Literal["authors", "value-only", "baseline"]
 PATHS: tuple[str, ...] = ("authors", "value-only", "baseline")
@@ -81,9 +87,61 @@ def vit_dense(visual: VisionTransformer, images: torch.Tensor, path: Path = "aut
     return DenseFeatures(_to_map(out, grid), k)
 
 
+def _pool2_dilated(x: torch.Tensor, d: int) -> torch.Tensor:
+    """The 2x2 stride-2 average pool evaluated at every position of a grid dilated by d (end replicated;
+    the positions a stride-2 pool would keep never read the padding)."""
+    x = F.pad(x, (0, d, 0, d), mode="replicate")
+    return (x[..., :-d, :-d] + x[..., d:, :-d] + x[..., :-d, d:] + x[..., d:, d:]) / 4
+
+
+def _conv_dilated(conv: torch.nn.Conv2d, x: torch.Tensor, d: int) -> torch.Tensor:
+    if d == 1 or conv.kernel_size == (1, 1):
+        return conv(x)
+    return F.conv2d(x, conv.weight, conv.bias, 1, d * conv.padding[0], d)
+
+
+def _bottleneck(b: Bottleneck, x: torch.Tensor, d: int, keep_stride: bool) -> tuple[torch.Tensor, int]:
+    """One CLIP Bottleneck with its 3x3 convolution dilated by d and, unless `keep_stride`, its stride-2
+    pools replaced by dilated stride-1 ones; returns the output and the dilation of the next block."""
+    strided = isinstance(b.avgpool, torch.nn.AvgPool2d)
+    pool = (lambda z: b.avgpool(z)) if keep_stride or not strided else (lambda z: _pool2_dilated(z, d))  # noqa: E731
+    out = b.relu1(b.bn1(b.conv1(x)))
+    out = b.relu2(b.bn2(_conv_dilated(b.conv2, out, d)))
+    out = b.bn3(b.conv3(pool(out) if strided else out))
+    identity = x
+    if b.downsample is not None:
+        identity = b.downsample[2](b.downsample[1](pool(x) if strided else x))
+    return b.relu3(out + identity), d * 2 if strided and not keep_stride else d
+
+
+def resnet_features(visual: ModifiedResNet, images: torch.Tensor, output_stride: int = 32) -> torch.Tensor:
+    """The attention pool's input map at output stride 32 (CLIP's), 16 or 8 (a trous, module docstring).
+
+    At 16 or 8 the input is padded by (32 - stride) / 2 pixels on the top and left, so position i is
+    the window centred on pixel stride * (i + 1/2), where bilinear upsampling of the grid puts it; the
+    map has H/stride x W/stride positions.
+    """
+    if output_stride == 32:
+        return visual.features(images)
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 32, 16 or 8 for a ResNet, got {output_stride}")
+    h, w = images.shape[-2:]
+    off = (32 - output_stride) // 2
+    x = F.pad(images, (off, 32 - off, off, 32 - off))  # zeros: the mean colour after normalisation
+    x = visual.stem(x.to(visual.conv1.weight.dtype))
+    stride, d = 4, 1
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        for b in layer:
+            strided = isinstance(b.avgpool, torch.nn.AvgPool2d)
+            keep = not strided or stride < output_stride
+            stride *= 2 if strided and keep else 1
+            x, d = _bottleneck(b, x, d, keep)
+    return x[..., : h // output_stride, : w // output_stride]
+
+
 def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, path: Path = "authors",
-                 keys: bool = False) -> DenseFeatures:
-    x = visual.features(images)  # N, C, h, w
+                 keys: bool = False, output_stride: int = 32) -> DenseFeatures:
+    x = resnet_features(visual, images, output_stride)  # N, C, h, w
     pool = visual.attnpool
     n, c, h, w = x.shape
     tokens = x.flatten(2).transpose(1, 2)  # N, hw, C
@@ -105,9 +163,16 @@ def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, path: Path = "aut
     return DenseFeatures(_to_map(out, (h, w)), k)
 
 
-def dense_features(model: CLIP, images: torch.Tensor, path: Path = "authors", keys: bool = False) -> DenseFeatures:
-    """Dense features of normalised images [B, 3, H, W]; H and W should be multiples of `stride_of(model)`."""
+def dense_features(model: CLIP, images: torch.Tensor, path: Path = "authors", keys: bool = False,
+                   output_stride: int | None = None) -> DenseFeatures:
+    """Dense features of normalised images [B, 3, H, W]; H and W should be multiples of `stride_of(model)`.
+
+    `output_stride` (ResNets only): None or 32 as CLIP, 16 or 8 a trous (module docstring).
+    """
     images = images.to(model.dtype)
     if isinstance(model.visual, VisionTransformer):
+        if output_stride not in (None, model.visual.patch_size):
+            raise ValueError(f"output_stride {output_stride}: a ViT's grid is set by its patch size "
+                             f"({model.visual.patch_size}); other output strides need a ResNet")
         return vit_dense(model.visual, images, path, keys)
-    return resnet_dense(model.visual, images, path, keys)
+    return resnet_dense(model.visual, images, path, keys, output_stride or 32)

@@ -1,15 +1,15 @@
 """The toy world: a synthetic captioned world with per-pixel ground truth and small CLIPs trained on it.
 
-No real CLIP weights can be downloaded offline, so the package ships a small CLIP trained here
-("toy-vit", loadable with `maskclip.clip.weights.load_clip`) as the offline demo and the end-to-end
-proof that the dense MaskCLIP path works.
+No real CLIP weights can be downloaded offline, so the package ships small CLIPs trained here
+("toy-rn" and "toy-vit", loadable with `maskclip.clip.weights.load_clip`) as the offline demo and the
+end-to-end proof that the dense MaskCLIP path works.
 """
 
 from .captions import TEMPLATES, caption_for
 from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, ObjectInfo, Scene, World, WorldConfig,
                     render_scene)
 
-IMAGE_SIZE = WorldConfig().size  # the bundled models' input size
+IMAGE_SIZE = WorldConfig().size  # the scenes' side (toy-vit's input; toy-rn sees them resized to 128)
 
 __all__ = ["TEMPLATES", "caption_for", "CLASSES", "COLOURS", "HELDOUT_PAIRS", "OBJECTS", "STUFF", "ObjectInfo",
            "Scene", "World", "WorldConfig", "render_scene", "IMAGE_SIZE"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..clip.model import CLIP
+from ..clip.model import CLIP, VisionTransformer
 from ..dense import MaskCLIP, MaskCLIPConfig, TextClassifier, build_text_classifier
 from ..dense.inference import normalize as _normalize
 from ..eval.metrics import ConfusionMatrix
@@ -19,8 +19,9 @@ from .captions import TEMPLATES
 from .world import CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, Scene, World, WorldConfig, render_scene, scene_rng
 
 # MaskCLIP settings for the toy world: CLIP normalisation (the toy CLIP was trained with it), the
-# image at its own size in one pass.
+# image at its own size in one pass (or at the model's training input size: see `toy_config`).
 TOY_BASE = dict(normalize="clip", resize="none", mode="whole")
+WORLD_SIZE = WorldConfig().size  # side of the rendered scenes every bundled model was trained on
 
 # name -> config overrides; "best" is the bundled checkpoint's reference variant
 VARIANTS: dict[str, dict] = {
@@ -33,15 +34,31 @@ VARIANTS: dict[str, dict] = {
     "value-only+KS": dict(path="value-only", ks=True),
     "value-only+PD": dict(path="value-only", pd=True),
     "value-only+KS+PD": dict(path="value-only", ks=True, pd=True),
+    # ResNets only, our addition: the same features on a finer grid (a trous; maskclip.dense.features)
+    "value-only+OS16": dict(path="value-only", output_stride=16),
+    "value-only+OS8": dict(path="value-only", output_stride=8),
 }
 BEST_VARIANT = "value-only"
 
 
-def toy_config(**overrides) -> MaskCLIPConfig:
-    return MaskCLIPConfig(**{**TOY_BASE, **overrides})
+def variants_for(model: CLIP, paper_only: bool = False) -> dict[str, dict]:
+    """The VARIANTS that apply to the model (output-stride ones need a ResNet); `paper_only` drops our
+    additions, leaving the paper's and the authors' settings."""
+    resnet = not isinstance(model.visual, VisionTransformer)
+    return {k: v for k, v in VARIANTS.items() if "output_stride" not in v or (resnet and not paper_only)}
 
 
-def heldout_scenes(n: int, seed: int = 0, size: int = 96, split: str = "test") -> list[Scene]:
+def toy_config(model: CLIP | None = None, **overrides) -> MaskCLIPConfig:
+    """TOY_BASE + overrides. Given the model, scenes are resized (bilinear) to its input size when that
+    differs from the world's, as its training batches were (the toy ResNet sees 64 px scenes at 128 px)."""
+    base = dict(TOY_BASE)
+    res = model.visual.input_resolution if model is not None else WORLD_SIZE
+    if res != WORLD_SIZE:
+        base.update(resize="fit", size=(res, res))
+    return MaskCLIPConfig(**{**base, **overrides})
+
+
+def heldout_scenes(n: int, seed: int = 0, size: int = WORLD_SIZE, split: str = "test") -> list[Scene]:
     """Scenes never seen in training (another split), held-out colour-category pairs allowed."""
     world = World(seed, WorldConfig(size=size, heldout=True))
     return world.batch(range(n), split)
@@ -106,7 +123,7 @@ def evaluate_segmentation(model: CLIP, scenes: list[Scene], config: MaskCLIPConf
 
 # ---- attribute queries ---------------------------------------------------------------------------
 
-def attribute_scenes(n: int, seed: int = 0, size: int = 96) -> list[Scene]:
+def attribute_scenes(n: int, seed: int = 0, size: int = WORLD_SIZE) -> list[Scene]:
     """Scenes each holding two objects of one category in different colours (plus 0-2 others).
 
     Every other scene uses a held-out colour-category pair for one of the two, so transfer to pairs
