@@ -161,8 +161,13 @@ def test_output_stride_through_dense_features_and_its_limits(tiny_rn, tiny_vit):
         dense_features(tiny_rn, images, "value-only", output_stride=4)
 
 
-def test_maskclip_config_rejects_odd_output_stride():
-    from maskclip.dense import MaskCLIPConfig
+def test_maskclip_config_rejects_odd_output_stride(tiny_vit, tiny_rn):
+    from maskclip.dense import MaskCLIP, MaskCLIPConfig
+    from maskclip.dense.inference import SettingsError
 
     with pytest.raises(ValueError, match="output_stride"):
         MaskCLIPConfig(output_stride=12)
+    with pytest.raises(SettingsError, match="patch size"):  # the command line reports it as an error, exit 2
+        MaskCLIP(tiny_vit, MaskCLIPConfig(output_stride=8))
+    MaskCLIP(tiny_vit, MaskCLIPConfig(output_stride=16))  # = its patch size: nothing to change
+    MaskCLIP(tiny_rn, MaskCLIPConfig(output_stride=8))
