@@ -163,7 +163,7 @@ def test_output_stride_through_dense_features_and_its_limits(tiny_rn, tiny_vit):
 
 def test_maskclip_config_rejects_odd_output_stride(tiny_vit, tiny_rn):
     from maskclip.dense import MaskCLIP, MaskCLIPConfig
-    from maskclip.dense.inference import SettingsError
+    from maskclip.dense.features import SettingsError
 
     with pytest.raises(ValueError, match="output_stride"):
         MaskCLIPConfig(output_stride=12)

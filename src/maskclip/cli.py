@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .dense.inference import SettingsError
+    from .dense.features import SettingsError
 
     try:
         return int(args.func(args) or 0)

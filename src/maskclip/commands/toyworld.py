@@ -166,7 +166,7 @@ def _render(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..toyworld import IMAGE_SIZE
+    from ..toyworld import WORLD_SIZE
     from ..render import colorize
     from ..toyworld.visualize import palette
     from ..toyworld.world import CLASSES, World, WorldConfig
@@ -176,7 +176,7 @@ def _render(args) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    world = World(args.seed, WorldConfig(size=args.size or IMAGE_SIZE, heldout=args.split != "train"))
+    world = World(args.seed, WorldConfig(size=args.size or WORLD_SIZE, heldout=args.split != "train"))
     records = []
     for i in range(args.num):
         s = world.scene(i, args.split)

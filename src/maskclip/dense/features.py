@@ -43,6 +43,17 @@ class DenseFeatures:
     keys: torch.Tensor | None = None
 
 
+class SettingsError(ValueError):
+    """MaskCLIP settings that do not fit the model they are used with (the command line reports it)."""
+
+
+def check_output_stride(model: CLIP, output_stride: int | None) -> None:
+    """A ViT's grid is fixed by its patch size; only ResNets can be read at another output stride."""
+    if isinstance(model.visual, VisionTransformer) and output_stride not in (None, model.visual.patch_size):
+        raise SettingsError(f"output stride {output_stride} (--dense-stride): a ViT's grid is set by its patch "
+                            f"size ({model.visual.patch_size}); other output strides need a ResNet CLIP")
+
+
 def stride_of(model: CLIP) -> int:
     """Pixels per output position: the patch size for ViTs, 32 for ResNets."""
     return model.visual.patch_size if isinstance(model.visual, VisionTransformer) else 32
@@ -104,7 +115,10 @@ def _bottleneck(b: Bottleneck, x: torch.Tensor, d: int, keep_stride: bool) -> tu
     """One CLIP Bottleneck with its 3x3 convolution dilated by d and, unless `keep_stride`, its stride-2
     pools replaced by dilated stride-1 ones; returns the output and the dilation of the next block."""
     strided = isinstance(b.avgpool, torch.nn.AvgPool2d)
-    pool = (lambda z: b.avgpool(z)) if keep_stride or not strided else (lambda z: _pool2_dilated(z, d))  # noqa: E731
+
+    def pool(z: torch.Tensor) -> torch.Tensor:
+        return b.avgpool(z) if keep_stride else _pool2_dilated(z, d)
+
     out = b.relu1(b.bn1(b.conv1(x)))
     out = b.relu2(b.bn2(_conv_dilated(b.conv2, out, d)))
     out = b.bn3(b.conv3(pool(out) if strided else out))
@@ -169,10 +183,8 @@ def dense_features(model: CLIP, images: torch.Tensor, path: Path = "authors", ke
 
     `output_stride` (ResNets only): None or 32 as CLIP, 16 or 8 a trous (module docstring).
     """
+    check_output_stride(model, output_stride)
     images = images.to(model.dtype)
     if isinstance(model.visual, VisionTransformer):
-        if output_stride not in (None, model.visual.patch_size):
-            raise ValueError(f"output_stride {output_stride}: a ViT's grid is set by its patch size "
-                             f"({model.visual.patch_size}); other output strides need a ResNet")
         return vit_dense(model.visual, images, path, keys)
     return resnet_dense(model.visual, images, path, keys, output_stride or 32)

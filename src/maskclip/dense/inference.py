@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..clip.model import CLIP, VisionTransformer
-from .features import PATHS, dense_features, stride_of
+from ..clip.model import CLIP
+from .features import PATHS, check_output_stride, dense_features, stride_of
 from .refine import key_smoothing, prompt_denoising
 from .text import TextClassifier
 
@@ -154,10 +154,6 @@ def _autocast(device: torch.device, dtype: str | None):
     return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
 
 
-class SettingsError(ValueError):
-    """MaskCLIP settings that do not fit the model they are used with (the command line reports it)."""
-
-
 class MaskCLIP:
     """A frozen CLIP turned into a segmenter. `encode` once per image, `decode` per vocabulary."""
 
@@ -165,10 +161,7 @@ class MaskCLIP:
         self.model = model.eval()
         self.config = replace(config or MaskCLIPConfig(), **overrides)
         self.stride = stride_of(model)
-        os_ = self.config.output_stride
-        if os_ is not None and isinstance(model.visual, VisionTransformer) and os_ != self.stride:
-            raise SettingsError(f"output stride {os_} (--dense-stride): a ViT's grid is set by its patch size "
-                             f"({self.stride}); other output strides need a ResNet CLIP")
+        check_output_stride(model, self.config.output_stride)  # fail before any image, not per image
 
     @property
     def device(self) -> torch.device:

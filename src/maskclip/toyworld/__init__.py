@@ -6,10 +6,8 @@ end-to-end proof that the dense MaskCLIP path works.
 """
 
 from .captions import TEMPLATES, caption_for
-from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, ObjectInfo, Scene, World, WorldConfig,
-                    render_scene)
-
-IMAGE_SIZE = WorldConfig().size  # the scenes' side (toy-vit's input; toy-rn sees them resized to 128)
+from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, WORLD_SIZE, ObjectInfo, Scene, World,
+                    WorldConfig, render_scene)
 
 __all__ = ["TEMPLATES", "caption_for", "CLASSES", "COLOURS", "HELDOUT_PAIRS", "OBJECTS", "STUFF", "ObjectInfo",
-           "Scene", "World", "WorldConfig", "render_scene", "IMAGE_SIZE"]
+           "Scene", "World", "WorldConfig", "render_scene", "WORLD_SIZE"]

@@ -54,6 +54,9 @@ class WorldConfig:
     closeup_size: tuple[float, float] = (0.6, 1.4)  # close-up object height as a fraction of the image side
 
 
+WORLD_SIZE = WorldConfig().size  # side of the rendered scenes every bundled model was trained on
+
+
 @dataclass
 class ObjectInfo:
     category: str
