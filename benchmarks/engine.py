@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from maskclip.clip.tokenizer import tokenize
-from maskclip.clip.weights import ARCHITECTURES, load_clip, random_clip
+from maskclip.clip.weights import ARCHITECTURES, load_weights, random_weights
 from maskclip.dense import MaskCLIP, MaskCLIPPredictor, build_text_classifier
 from maskclip.dense.text import TextClassifier, templates_85
 from maskclip.data.classes import load_class_names
@@ -86,13 +86,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = random_clip(args.model) if args.model in ARCHITECTURES else load_clip(args.model)
+    model, info = random_weights(args.model) if args.model in ARCHITECTURES else load_weights(args.model)
     tmpl = templates_85()
     names = [c[0] for c in load_class_names("coco_stuff171")][: args.classes]
-    print(f"model {model.weights_name}, torch threads {torch.get_num_threads()}")
+    print(f"model {info.name}, torch threads {torch.get_num_threads()}")
     print(f"{'row':10s} {'ours (s)':>10s} {'reference (s)':>14s} {'speed-up':>9s}  note")
 
-    t_ours, ours = timeit(lambda: build_text_classifier(model, names, "85", use_cache=False))
+    t_ours, ours = timeit(lambda: build_text_classifier(model, names, "85"))
     t_ref, ref = timeit(lambda: naive_text(model, names, tmpl))
     diff = (ours.embeddings - ref).abs().max().item()
     print(f"{'text':10s} {t_ours:10.2f} {t_ref:14.2f} {t_ref / t_ours:8.1f}x  {len(names)} classes x 85 templates, "

@@ -35,14 +35,14 @@ def _model(name: str):
 def run_ours(args) -> dict:
     from maskclip.data.datasets import open_dataset
     from maskclip.dense import MaskCLIPPredictor
-    from maskclip.eval.runner import evaluate
+    from maskclip.eval.runner import EvalJob, evaluate
 
     ds = open_dataset("camvid", args.root)
     p = MaskCLIPPredictor(_model(args.model), device="cpu", templates="single", size=(512, 512))
     p.classifier(ds.classes)  # text side outside the timing, as in the reference
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        r = evaluate(p, ds, Path(d), {"bench": 1}, limit=args.limit, progress=False)
+        r = evaluate(p, ds, Path(d), EvalJob({"bench": 1}, limit=args.limit, progress=False))
     return {"seconds": time.perf_counter() - t, "images": r.num_images, "mIoU": r.metrics["mIoU"]}
 
 

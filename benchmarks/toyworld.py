@@ -41,6 +41,12 @@ def plus_rows(path: str | None, model: str, seed: int, size: int, sha: str | Non
     return rows
 
 
+def _manifest_best(model: str) -> str | None:
+    from maskclip.clip.weights import MANIFEST_PATH
+
+    return json.loads(MANIFEST_PATH.read_text())[model].get("best_variant")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-rn", help="bundled name or checkpoint path (default: toy-rn; the other "
@@ -58,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from maskclip.clip.weights import load_clip
+    from maskclip.clip.weights import bundled_models, load_weights
     from maskclip.toyworld import CLASSES
     from maskclip.toyworld.evaluate import (BEST_VARIANT, VARIANTS, WORLD_SIZE, attribute_scenes,
                                             class_classifier, evaluate_attributes, evaluate_segmentation,
                                             heldout_scenes, toy_config, variants_for)
 
     t0 = time.time()
-    model = load_clip(args.model)
+    model, info = load_weights(args.model)
     size = model.visual.input_resolution  # the model's input; scenes are WORLD_SIZE and resized to it
     scenes = heldout_scenes(args.scenes, seed=args.seed)
     clf = class_classifier(model)
@@ -79,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = variants_for(model)
     for name, over in variants.items():
         seg(name, toy_config(model, **over))
-    from maskclip.commands.demo import _best_variant
 
-    best_name = _best_variant(args.model, BEST_VARIANT)  # the bundle's measured best, for the rows below
+    entry = bundled_models().get(args.model)  # the bundle's measured best, for the rows below
+    best_name = (entry and _manifest_best(args.model)) or BEST_VARIANT
     best = VARIANTS[best_name]
     seg(f"{best_name}, multi-scale {size}/{size * 3 // 2}/{size * 2}",
         toy_config(model, **best, resize="fit", scales=(size, size * 3 // 2, size * 2)))
     seg(f"{best_name}, input x2 ({size * 2}px)", toy_config(model, **best, resize="fit", size=(size * 2, size * 2)))
 
-    plus = plus_rows(args.plus, args.model, args.seed, WORLD_SIZE, getattr(model, "weights_sha256", None))
+    plus = plus_rows(args.plus, args.model, args.seed, WORLD_SIZE, info.sha256)
     for name, miou, per, note in plus:
         rows.append((name, miou, per))
         print(f"  {name:<34} mIoU {100 * miou:5.1f} ({note})", file=sys.stderr)

@@ -6,10 +6,10 @@
     python benchmarks/toyworld_plus.py --quick          # smaller run
     python benchmarks/toyworld_plus.py --json out/toyworld_plus.json
 
-Everything goes through the commands users run: the training images (the world's train split) are
-written to disk, `maskclip train` trains the networks, and `load_predictor` (what `maskclip segment`
-and `maskclip eval` use) evaluates teacher and students on held-out scenes of the test split with a
-ConfusionMatrix. Rows:
+Everything goes through the library the commands call: the training images (the world's train split)
+are written to disk, `train_maskclip_plus` (what `maskclip train` runs) trains the networks, and
+`load_predictor` (what `maskclip segment` and `maskclip eval` use) evaluates teacher and students on
+held-out scenes of the test split with a ConfusionMatrix. Rows:
 
   (a) MaskCLIP teacher: the bundled toy CLIP (toy-rn) with its best variant among the paper's and the
       authors' settings (manifest's best_paper_variant, else BEST_VARIANT; `--variant` for another);
@@ -77,21 +77,6 @@ def bundled_best_variant(model: str) -> str | None:
     return entry.get("best_paper_variant") or entry.get("best_variant") or (entry.get("heldout") or {}).get("variant")
 
 
-def teacher_flags(config) -> list[str]:
-    """A MaskCLIPConfig as `maskclip train` options (the teacher's)."""
-    c = asdict(config)
-    flags = ["--path", c["path"], "--ks" if c["ks"] else "--no-ks", "--ks-form", c["ks_form"],
-             "--pd" if c["pd"] else "--no-pd", "--pd-threshold", str(c["pd_threshold"]),
-             "--logit-scale", str(c["logit_scale"]), "--teacher-mode", c["mode"], "--resize", c["resize"],
-             "--size", ",".join(map(str, c["size"])), "--crop", str(c["crop"]), "--stride", str(c["stride"]),
-             "--normalize", c["normalize"], "--interpolation", c["interpolation"]]
-    if c["scales"]:
-        flags += ["--scales", ",".join(map(str, c["scales"]))]
-    if c["output_stride"]:
-        flags += ["--dense-stride", str(c["output_stride"])]
-    return flags
-
-
 def evaluate(predictor, scenes, classes: list[str], unseen: list[int]) -> dict:
     from maskclip.eval.metrics import ConfusionMatrix
 
@@ -133,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from maskclip.cli import main as cli
-    from maskclip.clip.weights import load_clip
-    from maskclip.predictors import load_predictor
+    from maskclip.plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskclip_plus
+    from maskclip.plus.config import PlusTrainConfig
+    from maskclip.clip.weights import load_weights
+    from maskclip.predict import load_predictor
     from maskclip.toyworld import CLASSES
     from maskclip.toyworld.captions import TEMPLATES
     from maskclip.toyworld.evaluate import BEST_VARIANT, VARIANTS, WORLD_SIZE, heldout_scenes, toy_config
@@ -151,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     unseen = [classes.index(u) for u in unseen_names]
     t_start = time.perf_counter()
 
-    clip = load_clip(args.model)
+    clip, clip_info = load_weights(args.model)
     size = WORLD_SIZE  # the scenes; the teacher resizes them (and the crops) to its own input size
     config = toy_config(clip, **VARIANTS[variant])
     student = args.student_size or clip.visual.input_resolution
@@ -166,20 +152,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{size}px (networks see them at {student}px), {iters} iterations x batch {args.batch_size}, unseen "
           f"{unseen_names}", file=sys.stderr)
 
-    common = ["--images", str(data / "images"), "--classes", str(out / "classes.txt"),
-              "--target", "light-r18", "--pretrained", "none", "--width", str(args.width), "--output-stride", "8",
-              "--iterations", str(iters), "--batch-size", str(args.batch_size), "--crop-size", str(student),
-              "--scale", f"{student},{student}", "--lr", str(args.lr), "--model", args.model,
-              "--templates", str(out / "templates.txt"), *teacher_flags(config),
-              "--checkpoint-every", str(max(iters // 4, 1)), "--log-every", str(max(iters // 10, 1)),
-              "--workers", str(args.workers), "--threads", str(args.threads), "--quiet"]
-    zs = ["--mode", "zero-shot", "--labels", str(data / "labels"), "--unseen", ",".join(unseen_names),
-          "--suppress-unseen"]
-    runs = {
-        "annotation-free": ["--mode", "annotation-free"],
-        "zero-shot": zs,
-        "seen-only": [*zs, "--no-teacher"],
-    }
+    base = PlusJob(
+        PlusData(classes=str(out / "classes.txt"), images=data / "images"),
+        TeacherSpec(args.model, config, list(TEMPLATES)),
+        TargetSpec("light-r18", None, output_stride=8, width=args.width),
+        PlusTrainConfig(iterations=iters, batch_size=args.batch_size, crop_size=(student, student),
+                        scale=(student, student), lr=args.lr, checkpoint_every=max(iters // 4, 1),
+                        log_every=max(iters // 10, 1), num_workers=args.workers))
+    zero_shot = replace(base, data=replace(base.data, labels=data / "labels"), unseen=tuple(unseen_names),
+                        train=replace(base.train, mode="zero-shot", suppress_unseen=True))
+    runs = {"annotation-free": base, "zero-shot": zero_shot, "seen-only": replace(zero_shot, use_teacher=False)}
     if args.only:
         keep = [r.strip() for r in args.only.split(",") if r.strip()]
         unknown = set(keep) - set(runs)
@@ -187,23 +169,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--only {args.only!r}: unknown {sorted(unknown)}; choose from {', '.join(runs)}")
         runs = {k: v for k, v in runs.items() if k in keep}
     commands, train_seconds = {}, {}
-    for name, extra in runs.items():
+    for name, job in runs.items():
         run_dir = out / name
-        argv_ = ["train", *common, *extra, "--out", str(run_dir)]
-        commands[name] = "maskclip " + " ".join(a if " " not in a else repr(a) for a in argv_)
-        stamp = {"command": commands[name], "teacher_sha256": getattr(clip, "weights_sha256", None)}
-        if (run_dir / "bench.json").is_file() and json.loads((run_dir / "bench.json").read_text()) == stamp:
-            argv_.append("--resume")  # the same run, interrupted or finished earlier: continue it (exactly)
-        elif run_dir.exists():
+        commands[name] = repr(job)  # the library call, in full
+        stamp = {"job": commands[name], "teacher_sha256": clip_info.sha256}
+        resume = (run_dir / "bench.json").is_file() and json.loads((run_dir / "bench.json").read_text()) == stamp
+        if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # other options or another teacher checkpoint: start again
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "bench.json").write_text(json.dumps(stamp))
-        print(f"[toyworld+] {commands[name]}", file=sys.stderr)
+        print(f"[toyworld+] training {name} into {run_dir}", file=sys.stderr)
         t0 = time.perf_counter()
-        rc = cli(argv_)
+        # the same run, interrupted or finished earlier: continue it (exactly)
+        res = train_maskclip_plus(replace(job, train=replace(job.train, out_dir=str(run_dir), resume=resume)),
+                                  device="cpu", progress=False)
         train_seconds[name] = time.perf_counter() - t0
-        if rc != 0:
-            print(f"[toyworld+] training {name} failed (exit {rc})", file=sys.stderr)
+        if res["status"] != "completed":
+            print(f"[toyworld+] training {name} stopped at iteration {res['iteration']}", file=sys.stderr)
             return 2
     torch.set_num_threads(args.threads)
 
@@ -255,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {total:.0f} s ({args.threads} threads)")
 
     report = {
-        "teacher": {"model": args.model, "sha256": getattr(clip, "weights_sha256", None), "variant": variant,
+        "teacher": {"model": args.model, "sha256": clip_info.sha256, "variant": variant,
                     "settings": asdict(config)},
         "world": {"seed": args.seed, "size": size, "student_size": student, "train_scenes": n_train,
                   "test_scenes": n_test,

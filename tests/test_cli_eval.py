@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from maskclip.cli import main
 
@@ -47,11 +49,64 @@ def test_eval_camvid_later_protocol_and_unseen(shared_data, tiny_weights, tmp_pa
     assert {"mIoU_seen", "mIoU_unseen", "hIoU"} <= set(r["metrics"])
 
 
-def test_eval_errors_name_the_problem(tiny_weights, tmp_path):
-    with pytest.raises(SystemExit, match="unknown dataset"):
-        main(["eval", "--dataset", "pascal-parts", "--root", str(tmp_path), "--weights", str(tiny_weights)])
-    with pytest.raises(SystemExit, match=str(tmp_path)):
-        main(["eval", "--dataset", "camvid", "--root", str(tmp_path), "--weights", str(tiny_weights)])
+def test_eval_errors_name_the_problem(tiny_weights, tmp_path, capsys):
+    assert main(["eval", "--dataset", "pascal-parts", "--root", str(tmp_path), "--weights", str(tiny_weights)]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "camvid", "--root", str(tmp_path), "--weights", str(tiny_weights)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def _strict(text: str) -> dict:
+    def refuse(name: str):
+        raise AssertionError(f"report.json holds {name}: not strict JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "gpu"])
+def test_eval_and_robustness_check_the_device_first(shared_data, tiny_weights, tmp_path, capsys, device):
+    for cmd in ("eval", "robustness"):
+        assert main([cmd, "--dataset", "camvid", "--root", str(shared_data / "camvid"), "--weights",
+                     str(tiny_weights), "--device", device, "--out", str(tmp_path / cmd), *FAST]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--device" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / cmd / "state.json").exists()
+
+
+def test_a_resumed_eval_with_another_limit_never_reports_the_old_metrics(shared_data, tiny_weights, tmp_path):
+    out = tmp_path / "cv"
+    base = ["eval", "--dataset", "camvid", "--root", str(shared_data / "camvid"), "--weights", str(tiny_weights),
+            "--out", str(out), *FAST]
+    assert main([*base, "--limit", "3"]) == 0
+    three = _strict((out / "report.json").read_text())
+    assert main([*base, "--limit", "1"]) == 0
+    one = _strict((out / "report.json").read_text())
+    assert three["num_images"] == 3 and one["num_images"] == 1
+    assert main([*base, "--limit", "3"]) == 0  # and back: a fresh run, not a mix of the two
+    assert _strict((out / "report.json").read_text())["metrics"] == three["metrics"]
+
+
+def test_report_has_no_nan_and_says_why_a_value_is_missing(tiny_weights, tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 2, (32, 32)).astype(np.uint8)).save(root / "labels" / f"{i}.png")
+    out = tmp_path / "ev"
+    assert main(["eval", "--dataset", "folder", "--root", str(root), "--classes", "cat,dog,tree", "--weights",
+                 str(tiny_weights), "--out", str(out), *FAST]) == 0
+    report = _strict((out / "report.json").read_text())
+    assert report["metrics"]["Acc"][2] is None  # "tree" is in no ground truth: its accuracy is undefined
+    assert "undefined on these images" in (out / "report.md").read_text()
+
+
+def test_eval_records_the_same_identity_as_segment(tiny_weights, shared_data, tmp_path):
+    out = tmp_path / "cv"
+    assert main(["eval", "--dataset", "camvid", "--root", str(shared_data / "camvid"), "--weights",
+                 str(tiny_weights), "--limit", "1", "--out", str(out), *FAST]) == 0
+    s = json.loads((out / "report.json").read_text())["settings"]
+    assert s["model"] == str(tiny_weights) and len(s["model_sha256"]) == 64 and s["kind"] == "maskclip"
 
 
 def test_robustness_table(shared_data, tiny_weights, tmp_path, capsys):

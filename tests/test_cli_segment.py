@@ -49,18 +49,19 @@ def test_segment_writes_labels_overlay_json_and_reports_failures(tiny_ckpt, imag
     err = capsys.readouterr().err
     assert "broken.png" in err and "5 written" in err and "1 failed" in err
     for stem, shape in [("a", (40, 56)), ("gray", (33, 20)), ("rgba", (30, 30)), ("deep", (24, 40)), ("tiny", (5, 7))]:
-        lab = read_label(out / f"{stem}.png")
+        lab = read_label(out / "labels" / f"{stem}.png")
         assert lab.shape == shape and lab.max() < 3
-        assert Image.open(out / f"{stem}.png").mode == "P"
-        meta = json.loads((out / f"{stem}.json").read_text())
+        assert Image.open(out / "labels" / f"{stem}.png").mode == "P"
+        meta = json.loads((out / "labels" / f"{stem}.json").read_text())
         assert meta["classes"] == ["cat", "dog", "tree"] and len(meta["palette"]) == 3
         assert meta["model_sha256"] and len(meta["model_sha256"]) == 64
         assert meta["settings"]["path"] == "authors" and meta["settings"]["normalize"] == "imagenet"
         assert abs(sum(meta["pixel_fraction"].values()) - 1) < 1e-4
-        ov = np.asarray(Image.open(out / f"{stem}_overlay.png"))
+        assert meta["source"]["size"] == next(images.glob(f"{stem}.*")).stat().st_size
+        ov = np.asarray(Image.open(out / "overlays" / f"{stem}.png"))
         assert ov.shape[0] >= shape[0] and ov.shape[1] > shape[1]  # overlay plus legend column
-        assert len(list((out / f"{stem}_heat").glob("*.png"))) == 3
-    assert not (out / "broken.json").exists()
+        assert len(list((out / "heatmaps" / stem).glob("*.png"))) == 3
+    assert not (out / "labels" / "broken.json").exists()
     assert not list(out.glob("**/*.tmp"))
 
 
@@ -71,27 +72,30 @@ def test_segment_resumes_and_threshold_unknown(tiny_ckpt, images, tmp_path, caps
     assert _run(*args) == 0
     assert _run(*args) == 0
     assert "1 already done" in capsys.readouterr().out
-    assert _run(*args, "--threshold", "1.01") == 0  # new settings: recomputed, everything unknown
-    meta = json.loads((out / "a.json").read_text())
-    assert meta["classes"] == ["cat", "dog", "unknown"] and list(meta["pixel_fraction"]) == ["unknown"]
+    assert _run(*args, "--threshold", "1") == 0  # new settings: recomputed; below 1 (unsaturated) is unknown
+    assert "1 written" in capsys.readouterr().out
+    meta = json.loads((out / "labels" / "a.json").read_text())
+    assert meta["classes"] == ["cat", "dog", "unknown"] and meta["pixel_fraction"]["unknown"] > 0.5
 
 
-@pytest.mark.parametrize("classes,message", [("", "empty"), ("cat,dog,cat", "duplicate"), (" , ", "empty")])
-def test_segment_rejects_bad_class_lists(tiny_ckpt, images, tmp_path, classes, message):
-    with pytest.raises(SystemExit, match=message):
-        _run("segment", str(images / "a.jpg"), "--classes", classes, "--weights", str(tiny_ckpt), "--out",
-             str(tmp_path / "o"), *COMMON)
+@pytest.mark.parametrize("classes,message", [("", "empty"), ("cat,dog,cat", "duplicate"), (" , ", "no class name")])
+def test_segment_rejects_bad_class_lists(tiny_ckpt, images, tmp_path, classes, message, capsys):
+    assert _run("segment", str(images / "a.jpg"), "--classes", classes, "--weights", str(tiny_ckpt), "--out",
+                str(tmp_path / "o"), *COMMON) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--classes" in err and len(err.strip().splitlines()) == 1
 
 
-def test_segment_missing_input_and_missing_weights(tiny_ckpt, tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        _run("segment", str(tmp_path / "nope.jpg"), "--classes", "cat", "--weights", str(tiny_ckpt), "--out",
-             str(tmp_path / "o"))
+def test_segment_missing_input_and_missing_weights(tiny_ckpt, tmp_path, capsys):
+    assert _run("segment", str(tmp_path / "nope.jpg"), "--classes", "cat,dog", "--weights", str(tiny_ckpt), "--out",
+                str(tmp_path / "o")) == 2
+    assert "does not exist" in capsys.readouterr().err
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
-    with pytest.raises(SystemExit, match="weights"):
-        _run("segment", str(img), "--classes", "cat", "--weights", str(tmp_path / "missing.pt"), "--out",
-             str(tmp_path / "o"))
+    assert _run("segment", str(img), "--classes", "cat,dog", "--weights", str(tmp_path / "missing.pt"), "--out",
+                str(tmp_path / "o")) == 1
+    err = capsys.readouterr().err
+    assert "missing.pt" in err and "Traceback" not in err
 
 
 def test_label_shards_partition_the_collection(tiny_ckpt, images, tmp_path):

@@ -133,10 +133,14 @@ def test_predictor_background_group_and_threshold(tiny_vit):
     p.set_image(img)
     pred = p.predict(["cat", "dog"], background=["sky", "tree", "grass"])
     assert pred.classes == ["cat", "dog", "background"] and pred.probs.shape[0] == 3
-    unk = p.predict(["cat", "dog"], threshold=1.01)  # nothing is that confident: all unknown
-    assert unk.classes == ["cat", "dog", "unknown"] and np.all(unk.labels == 2)
-    bg = p.predict(["cat", "dog"], background=["sky"], threshold=1.01)
-    assert np.all(bg.labels == 2) and bg.classes[-1] == "background"
+    unk = p.predict(["cat", "dog"], threshold=0.9)  # pixels less sure than that are unknown, the others kept
+    top = unk.probs.max(0)
+    assert unk.classes == ["cat", "dog", "unknown"] and (top < 0.9).any() and (top >= 0.9).any()
+    assert np.all(unk.labels[top < 0.9] == 2) and np.array_equal(unk.labels[top >= 0.9], unk.probs.argmax(0)[top >= 0.9])
+    bg = p.predict(["cat", "dog"], background=["sky"], threshold=0.9)
+    assert np.all(bg.labels[bg.probs.max(0) < 0.9] == 2) and bg.classes[-1] == "background"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        p.predict(["cat", "dog"], threshold=1.01)
     none = p.predict(["cat", "dog"], threshold=0.0)
     assert np.array_equal(none.labels, p.predict(["cat", "dog"]).labels)
     with pytest.raises(ValueError, match="duplicate"):
@@ -178,19 +182,28 @@ def test_long_class_name_error_names_the_class(tiny_vit):
 
 
 def test_text_classifier_disk_cache(tiny_vit, tmp_path, monkeypatch):
+    from maskclip.io.cache import TextCache
+
     monkeypatch.setenv("MASKCLIP_CACHE", str(tmp_path))
-    monkeypatch.setattr(tiny_vit, "weights_sha256", "ab" * 32, raising=False)
     calls = []
     real = tiny_vit.encode_text
     monkeypatch.setattr(tiny_vit, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
-    a = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single")
+    plain = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single")
+    assert not (tmp_path / "text").exists()  # no cache given: nothing written
+    cache = TextCache("ab" * 32)
+    a = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
     n = len(calls)
     assert n > 0 and len(list((tmp_path / "text").glob("*.pt"))) == 1
-    b = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single")
+    b = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
     assert len(calls) == n  # served from disk
     torch.testing.assert_close(a.embeddings, b.embeddings)
-    build_text_classifier(tiny_vit, ["cat", "bird"], templates="single")
+    torch.testing.assert_close(a.embeddings, plain.embeddings, rtol=0, atol=0)
+    build_text_classifier(tiny_vit, ["cat", "bird"], templates="single", cache=cache)
     assert len(calls) > n and len(list((tmp_path / "text").glob("*.pt"))) == 2
+    next((tmp_path / "text").glob("*.pt")).write_bytes(b"damaged")  # a damaged entry is recomputed
+    build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
+    build_text_classifier(tiny_vit, ["cat", "bird"], templates="single", cache=cache)
+    assert len(calls) > n + 1
 
 
 def test_config_validation():

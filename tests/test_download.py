@@ -19,7 +19,7 @@ from maskclip.clip import download as dl
 from maskclip.clip import weights
 from maskclip.clip.download import ChecksumError, DownloadError, WeightsError, download
 from maskclip.clip.model import CLIP, CLIPConfig
-from maskclip.clip.weights import load_clip
+from maskclip.clip.weights import load_weights, load_clip
 
 # ---------------------------------------------------------------- a small HTTP server with Range support
 
@@ -214,9 +214,28 @@ def test_stale_cached_file_is_downloaded_again(server, tmp_path):
     data = payload()
     url = server.publish("blob.pt", data)
     (tmp_path / "blob.pt").write_bytes(b"stale")
-    with pytest.warns(UserWarning, match="downloading it again"):
+    with pytest.warns(UserWarning, match="kept aside"):
         path = download(url, tmp_path, sha256=hashlib.sha256(data).hexdigest(), progress=False)
     assert path.read_bytes() == data
+    assert not (tmp_path / "blob.pt.corrupt").exists()  # the good copy replaced it
+
+
+def test_corrupt_cached_file_is_kept_aside_until_a_good_download_replaces_it(server, tmp_path):
+    data = payload()
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / "blob.pt").write_bytes(b"stale")
+    offline = f"http://127.0.0.1:{closed_port()}/{digest}/blob.pt"
+    with pytest.warns(UserWarning, match="kept aside"), pytest.raises(DownloadError, match="kept aside"):
+        download(offline, tmp_path, sha256=digest, progress=False)
+    assert (tmp_path / "blob.pt.corrupt").read_bytes() == b"stale"  # not deleted, never used
+    assert not (tmp_path / "blob.pt").exists()
+    bad = server.publish("blob.pt", b"wrong bytes", digest=digest)
+    with pytest.raises(ChecksumError, match="kept aside"):
+        download(bad, tmp_path, sha256=digest, progress=False)
+    assert (tmp_path / "blob.pt.corrupt").read_bytes() == b"stale"
+    good = server.publish("blob.pt", data)
+    assert download(good, tmp_path, sha256=digest, progress=False).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.pt"]
 
 
 def test_offline_gives_one_clear_error(tmp_path):
@@ -256,9 +275,9 @@ def test_load_clip_downloads_into_cache_and_matches_original(server, tmp_path, m
     monkeypatch.setitem(weights._MODELS, "Tiny/8", url)
     cache = tmp_path / "cache"
     monkeypatch.setenv("MASKCLIP_CACHE", str(cache))
-    loaded = load_clip("Tiny/8", progress=False)
+    loaded, info = load_weights("Tiny/8", progress=False)
     assert (cache / "Tiny-8.pt").read_bytes() == data
-    assert loaded.weights_name == "Tiny/8" and loaded.weights_sha256 == hashlib.sha256(data).hexdigest()
+    assert (info.name, info.sha256, info.source) == ("Tiny/8", hashlib.sha256(data).hexdigest(), "openai")
     for a, b in zip(features(model), features(loaded)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # explicit cache_dir wins over the environment

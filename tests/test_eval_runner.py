@@ -11,7 +11,8 @@ from PIL import Image
 from maskclip.data.datasets import open_dataset
 from maskclip.dense import MaskCLIPPredictor
 from maskclip.eval.metrics import ConfusionMatrix
-from maskclip.eval.runner import evaluate, protocol
+from maskclip.eval.loop import Corruption
+from maskclip.eval.runner import EvalJob, evaluate, protocol
 
 
 class CountingPredictor(MaskCLIPPredictor):
@@ -44,11 +45,11 @@ def _predictor(tiny_vit):
 def test_evaluate_streams_matches_independent_confusion_and_resumes(tiny_vit, folder_dataset, tmp_path):
     p = _predictor(tiny_vit)
     out = tmp_path / "run"
-    part = evaluate(p, folder_dataset, out, {"model": "tiny"}, limit=2, progress=False, checkpoint_every=1)
+    part = evaluate(p, folder_dataset, out, EvalJob({"model": "tiny"}, limit=2, progress=False, checkpoint_every=1))
     assert part.num_images == 2 and CountingPredictor.calls == 2
-    full = evaluate(p, folder_dataset, out, {"model": "tiny"}, progress=False)
+    full = evaluate(p, folder_dataset, out, EvalJob({"model": "tiny"}, progress=False))
     assert full.num_images == 5 and CountingPredictor.calls == 5  # the first two were not recomputed
-    again = evaluate(p, folder_dataset, out, {"model": "tiny"}, progress=False)
+    again = evaluate(p, folder_dataset, out, EvalJob({"model": "tiny"}, progress=False))
     assert CountingPredictor.calls == 5 and again.metrics["mIoU"] == full.metrics["mIoU"]
     # independent: predict every image afresh and accumulate
     cm = ConfusionMatrix(3, 255)
@@ -64,17 +65,16 @@ def test_evaluate_streams_matches_independent_confusion_and_resumes(tiny_vit, fo
     assert "| tree |" in md and f"{100 * full.metrics['mIoU']:.2f}" in md
     # a changed setting starts over
     CountingPredictor.calls = 0
-    evaluate(p, folder_dataset, out, {"model": "tiny", "x": 1}, limit=1, progress=False)
+    evaluate(p, folder_dataset, out, EvalJob({"model": "tiny", "x": 1}, limit=1, progress=False))
     assert CountingPredictor.calls == 1
 
 
 def test_corruption_is_applied_and_deterministic(tiny_vit, folder_dataset, tmp_path):
     p = _predictor(tiny_vit)
-    clean = evaluate(p, folder_dataset, tmp_path / "c", {}, progress=False, limit=3)
-    a = evaluate(p, folder_dataset, tmp_path / "a", {}, corruption="gaussian_noise", severity=5, progress=False,
-                 limit=3)
-    b = evaluate(p, folder_dataset, tmp_path / "b", {}, corruption="gaussian_noise", severity=5, progress=False,
-                 limit=3)
+    clean = evaluate(p, folder_dataset, tmp_path / "c", EvalJob(progress=False, limit=3))
+    noisy = EvalJob(corruption=Corruption("gaussian_noise", 5), progress=False, limit=3)
+    a = evaluate(p, folder_dataset, tmp_path / "a", noisy)
+    b = evaluate(p, folder_dataset, tmp_path / "b", noisy)
     assert a.metrics["IoU"] == b.metrics["IoU"]
     assert a.metrics["IoU"] != clean.metrics["IoU"]
     assert a.settings["corruption"] == "gaussian_noise" and a.settings["severity"] == 5
@@ -82,12 +82,12 @@ def test_corruption_is_applied_and_deterministic(tiny_vit, folder_dataset, tmp_p
 
 def test_save_vis_and_background_threshold_rules(tiny_vit, folder_dataset, tmp_path):
     p = _predictor(tiny_vit)
-    evaluate(p, folder_dataset, tmp_path / "v", {}, save_vis=2, progress=False)
+    evaluate(p, folder_dataset, tmp_path / "v", EvalJob(save_vis=2, progress=False))
     panels = sorted((tmp_path / "v" / "vis").glob("*.png"))
     assert len(panels) == 2
     assert np.asarray(Image.open(panels[0])).shape[1] > 3 * 48  # image | truth | prediction | legend
     with pytest.raises(ValueError, match="background"):
-        evaluate(p, folder_dataset, tmp_path / "t", {}, bg_threshold=0.1, progress=False)
+        evaluate(p, folder_dataset, tmp_path / "t", EvalJob(bg_threshold=0.1, progress=False))
 
 
 def test_background_threshold_sends_unsure_pixels_to_class_zero(tiny_vit, tmp_path):
@@ -96,7 +96,7 @@ def test_background_threshold_sends_unsure_pixels_to_class_zero(tiny_vit, tmp_pa
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "images" / "a.png")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "labels" / "a.png")
     ds = open_dataset("folder", tmp_path, classes=[["background", "sky", "wall"], ["cat"], ["dog"]])
-    r = evaluate(_predictor(tiny_vit), ds, tmp_path / "o", {}, bg_threshold=1.01, progress=False)
+    r = evaluate(_predictor(tiny_vit), ds, tmp_path / "o", EvalJob(bg_threshold=1.0, progress=False))
     assert r.metrics["pAcc"] == 1.0  # nothing is that sure: all pixels background, which is the truth
 
 
@@ -114,5 +114,5 @@ def test_protocol_presets():
 
 def test_camvid_sample_end_to_end(tiny_vit, shared_data, tmp_path):
     ds = open_dataset("camvid", shared_data / "camvid")
-    r = evaluate(_predictor(tiny_vit), ds, tmp_path / "cv", {"model": "tiny"}, limit=3, progress=False)
+    r = evaluate(_predictor(tiny_vit), ds, tmp_path / "cv", EvalJob({"model": "tiny"}, limit=3, progress=False))
     assert r.num_images == 3 and len(r.metrics["IoU"]) == 11 and 0 <= r.metrics["mIoU"] <= 1

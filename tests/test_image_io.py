@@ -196,3 +196,23 @@ def test_voc_palette_known_entries():
     assert pal.shape == (256, 3)
     np.testing.assert_array_equal(pal[:4], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]])
     np.testing.assert_array_equal(pal[15], [192, 128, 128])  # person
+
+
+def test_write_png_atomic_follows_the_umask_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    old = os.umask(0o027)
+    try:
+        p = write_png_atomic(tmp_path / "m.png", np.zeros((2, 2), np.uint8))
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == 0o640  # what open(path, "w") would give
+
+    def broken_save(self, fp, format=None, **kw):
+        fp.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_png_atomic(tmp_path / "m.png", np.ones((2, 2), np.uint8))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.png"]  # old file kept, no temporary left
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_label(p), np.zeros((2, 2)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -15,18 +16,20 @@ from PIL import Image
 from maskclip.cli import main
 from maskclip.clip.model import CLIP
 from maskclip.clip.weights import load_clip
-from maskclip.commands.train import MaskCLIPTeacher
+from maskclip.plus.teacher import MaskCLIPTeacher
 from maskclip.dense import MaskCLIP, MaskCLIPConfig, build_text_classifier
 from maskclip.dense.inference import normalize
-from maskclip.plus.augment import IMAGENET_MEAN, IMAGENET_STD
+from maskclip.normalization import pixel_mean_std
+from maskclip.plus.formats import load_checkpoint
 from maskclip.plus.models import load_target_model
 from maskclip.plus.predictor import PlusPredictor, is_plus_checkpoint
-from maskclip.predictors import load_predictor
+from maskclip.predict import load_predictor
 from maskclip.toyworld import CLASSES, World, WorldConfig
 
 from conftest import randomize_, tiny_config
 
 SIZE = 32
+IMAGENET_MEAN, IMAGENET_STD = pixel_mean_std("imagenet")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -58,6 +61,14 @@ def train_args(world, out, *extra):
             "--out", str(out), "--workers", "0", "--log-every", "1", "--quiet", *extra]
 
 
+def fails(capsys, argv, pattern):
+    """The command exits with status 2 and one line on stderr that matches `pattern` (no traceback)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err) and "Traceback" not in err, err
+
+
 def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -78,7 +89,7 @@ def test_train_writes_checkpoint_model_log_and_run_record(trained):
         assert r["source"] == "teacher" and len(r["class_hist"]) == len(CLASSES)
         assert sum(r["class_hist"]) > 0 and 0 < r["labelled_fraction"] <= 1
     assert log[0]["lr"] > log[-1]["lr"]  # poly decay
-    ck = torch.load(trained / "checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(trained / "checkpoint.pt")
     assert ck["iteration"] == 3 and ck["config"]["mode"] == "annotation-free"
     net = load_target_model(trained / "model.pt")
     assert net.meta["classes"] == list(CLASSES) and net.meta["templates"] == ["a photo of a {}."]
@@ -88,19 +99,17 @@ def test_train_writes_checkpoint_model_log_and_run_record(trained):
     assert run["target"] == "light-r18" and run["train_config"]["iterations"] == 3
 
 
-def test_existing_checkpoint_needs_resume_and_resume_continues(world, trained, tmp_path):
-    with pytest.raises(SystemExit, match="--resume"):
-        main(train_args(world, trained, "--iterations", "3"))
+def test_existing_checkpoint_needs_resume_and_resume_continues(world, trained, tmp_path, capsys):
+    fails(capsys, train_args(world, trained, "--iterations", "3"), "--resume")
     out = tmp_path / "copy"
     out.mkdir()
     for name in ("checkpoint.pt", "run.json", "log.jsonl"):
         (out / name).write_bytes((trained / name).read_bytes())
     assert main(train_args(world, out, "--iterations", "5", "--resume")) == 0
     assert [r["iter"] for r in records(out / "log.jsonl")] == [1, 2, 3, 4, 5]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 5
-    with pytest.raises(SystemExit, match="different mode"):
-        main(train_args(world, out, "--iterations", "6", "--resume", "--mode", "zero-shot", "--unseen", "zebra",
-                        "--labels", str(world / "labels"), "--suppress-unseen"))
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 5
+    fails(capsys, train_args(world, out, "--iterations", "6", "--resume", "--mode", "zero-shot", "--unseen", "zebra",
+                             "--labels", str(world / "labels"), "--suppress-unseen"), "different mode")
 
 
 def test_sigterm_then_resume_reproduces_the_uninterrupted_run(world, tmp_path, monkeypatch):
@@ -117,7 +126,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(world, tmp_path, m
 
     monkeypatch.setattr(MaskCLIPTeacher, "__call__", stop_on_second_call)
     assert main(train_args(world, tmp_path / "cut", *common)) == 143
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["iteration"] == 2
     assert not (tmp_path / "cut" / "model.pt").exists()
     assert main(train_args(world, tmp_path / "cut", *common, "--resume")) == 0
     a = load_target_model(tmp_path / "straight" / "model.pt").state_dict()
@@ -129,13 +138,12 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(world, tmp_path, m
     assert srcs == ["teacher", "teacher", "self", "self"]
 
 
-def test_zero_shot_guard_fails_loudly_on_leaking_ground_truth(world, tmp_path):
+def test_zero_shot_guard_fails_loudly_on_leaking_ground_truth(world, tmp_path, capsys):
     args = train_args(world, tmp_path / "zs", "--mode", "zero-shot", "--labels", str(world / "labels"),
                       "--unseen", "zebra,leopard", "--iterations", "2")
     labels = np.stack([np.asarray(Image.open(p)) for p in sorted((world / "labels").glob("*.png"))])
     assert np.isin(labels, [CLASSES.index("zebra"), CLASSES.index("leopard")]).any()  # the leak is real
-    with pytest.raises(SystemExit, match=r"leakage.*unseen class id\(s\) \[(5|6)"):
-        main(args)
+    fails(capsys, args, r"leakage.*unseen class id\(s\) \[(5|6)")
     assert not (tmp_path / "zs" / "checkpoint.pt").exists()
     assert main(args + ["--suppress-unseen"]) == 0
     hist = np.array([r["class_hist"] for r in records(tmp_path / "zs" / "log.jsonl")]).sum(0)
@@ -151,23 +159,20 @@ def test_zero_shot_guard_fails_loudly_on_leaking_ground_truth(world, tmp_path):
     assert all(r["class_hist"][5] == 0 and r["class_hist"][6] == 0 for r in log)
 
 
-def test_unknown_unseen_name_and_missing_labels_are_reported(world, tmp_path):
-    with pytest.raises(SystemExit, match="--unseen: 'unicorn'"):
-        main(train_args(world, tmp_path / "x", "--mode", "zero-shot", "--labels", str(world / "labels"),
-                        "--unseen", "unicorn"))
-    with pytest.raises(SystemExit, match="needs ground truth"):
-        main(train_args(world, tmp_path / "x", "--mode", "zero-shot", "--unseen", "zebra"))
+def test_unknown_unseen_name_and_missing_labels_are_reported(world, tmp_path, capsys):
+    fails(capsys, train_args(world, tmp_path / "x", "--mode", "zero-shot", "--labels", str(world / "labels"),
+                             "--unseen", "unicorn"), "--unseen: 'unicorn'")
+    fails(capsys, train_args(world, tmp_path / "x", "--mode", "zero-shot", "--unseen", "zebra"), "needs ground truth")
 
 
-def test_precomputed_pseudo_labels_from_maskclip_label(world, tmp_path):
+def test_precomputed_pseudo_labels_from_maskclip_label(world, tmp_path, capsys):
     pseudo = tmp_path / "pseudo"
     assert main(["label", str(world / "images"), "--classes", str(world / "classes.txt"), "--weights",
                  str(world / "clip.pt"), "--templates", "single", "--normalize", "clip", "--resize", "none",
                  "--out", str(pseudo), "--quiet"]) == 0
     assert main(train_args(world, tmp_path / "pf", "--pseudo-dir", str(pseudo), "--iterations", "2")) == 0
     assert {r["source"] for r in records(tmp_path / "pf" / "log.jsonl")} == {"pseudo-file"}
-    with pytest.raises(SystemExit, match="index.json"):
-        main(train_args(world, tmp_path / "pf2", "--pseudo-dir", str(tmp_path), "--iterations", "2"))
+    fails(capsys, train_args(world, tmp_path / "pf2", "--pseudo-dir", str(tmp_path), "--iterations", "2"), "index.json")
 
 
 def test_segment_with_a_trained_model_uses_its_classes_and_new_vocabularies(world, trained, tmp_path):
@@ -175,10 +180,10 @@ def test_segment_with_a_trained_model_uses_its_classes_and_new_vocabularies(worl
     out = tmp_path / "seg"
     assert main(["segment", str(img), "--model", str(trained / "model.pt"), "--classes", str(world / "classes.txt"),
                  "--resize", "none", "--out", str(out), "--quiet"]) == 0
-    rec = json.loads((out / "s0.json").read_text())
+    rec = json.loads((out / "labels" / "s0.json").read_text())
     assert rec["classes"] == list(CLASSES) and rec["kind"] == "maskclip+"
     assert rec["model"].endswith("model.pt") and len(rec["model_sha256"]) == 64
-    labels = np.asarray(Image.open(out / "s0.png"))
+    labels = np.asarray(Image.open(out / "labels" / "s0.png"))
     assert labels.shape == (SIZE, SIZE) and labels.max() < len(CLASSES)
 
     # the trained classes are scored by the stored classifier: identical to the network's own argmax
@@ -195,13 +200,13 @@ def test_segment_with_a_trained_model_uses_its_classes_and_new_vocabularies(worl
     out2 = tmp_path / "seg2"
     assert main(["segment", str(img), "--model", str(trained / "model.pt"), "--classes", ",".join(new),
                  "--resize", "none", "--out", str(out2), "--quiet"]) == 0
-    assert json.loads((out2 / "s0.json").read_text())["classes"] == new
+    assert json.loads((out2 / "labels" / "s0.json").read_text())["classes"] == new
     clip = load_clip(world / "clip.pt")
-    emb = build_text_classifier(clip, new, ["a photo of a {}."], use_cache=False).embeddings
+    emb = build_text_classifier(clip, new, ["a photo of a {}."]).embeddings
     net.set_classifier(emb)
     with torch.no_grad():
         want2 = net(x).argmax(1)[0].numpy()
-    got2 = np.asarray(Image.open(out2 / "s0.png"))
+    got2 = np.asarray(Image.open(out2 / "labels" / "s0.png"))
     np.testing.assert_array_equal(got2, want2)
     assert set(np.unique(got2)) <= {0, 1, 2}
 
@@ -209,7 +214,9 @@ def test_segment_with_a_trained_model_uses_its_classes_and_new_vocabularies(worl
 def test_load_predictor_dispatches_and_is_plus_checkpoint(world, trained, tmp_path):
     assert is_plus_checkpoint(trained / "model.pt") and is_plus_checkpoint(trained / "checkpoint.pt")
     (tmp_path / "notes.txt").write_text("maskclip-plus-model/1")
-    for p in (world / "clip.pt", tmp_path, tmp_path / "notes.txt", tmp_path / "missing.pt", "ViT-B/16"):
+    torch.save({"note": "maskclip-plus-model/2"}, tmp_path / "mention.pt")  # the tag as a value, not the format
+    for p in (world / "clip.pt", tmp_path, tmp_path / "notes.txt", tmp_path / "missing.pt", "ViT-B/16",
+              tmp_path / "mention.pt"):
         assert not is_plus_checkpoint(p)
     cfg = MaskCLIPConfig(resize="none", normalize="clip")
     p = load_predictor(str(trained / "model.pt"), "cpu", "single", cfg)
@@ -230,7 +237,7 @@ def test_load_predictor_dispatches_and_is_plus_checkpoint(world, trained, tmp_pa
 
 def test_teacher_batches_whole_crops_exactly_like_the_engine(world):
     clip = load_clip(world / "clip.pt")
-    clf = build_text_classifier(clip, list(CLASSES), "single", use_cache=False)
+    clf = build_text_classifier(clip, list(CLASSES), "single")
     g = torch.Generator().manual_seed(0)
     crops255 = torch.rand(3, 3, SIZE, SIZE, generator=g) * 255
     x = (crops255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

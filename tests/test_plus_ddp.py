@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from maskclip.plus.models import build_target_model
-from maskclip.plus.train import Sample, TrainConfig, train
+from maskclip.plus.config import PlusTrainConfig as TrainConfig
+from maskclip.plus.data import TrainItem as Sample
+from maskclip.plus.loop import train
 
 K = 4
 
@@ -69,7 +71,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
            str(Path(__file__).resolve()), str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    got = torch.load(tmp_path / "ddp" / "result.pt", weights_only=False)
+    got = torch.load(tmp_path / "ddp" / "result.pt", weights_only=True)
     assert got["world_size"] == 2 and got["teacher_calls"] == [2, 2]
     np.testing.assert_allclose(got["losses"], single["losses"], rtol=1e-6, atol=0)
     for k, v in single_state.items():

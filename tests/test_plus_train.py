@@ -8,14 +8,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from maskclip.plus.augment import (UNLABELED, AugmentConfig, augment, photometric_distortion, random_crop,
                                    rescale_size)
 from maskclip.plus.models import build_target_model, load_target_model
-from maskclip.plus.pseudo import (PseudoLabelDataset, check_no_unseen_leak, label_dataset, load_label_png,
-                                  merge_precomputed, pseudo_labels_annotation_free, pseudo_labels_zero_shot,
-                                  suppress_classes)
-from maskclip.plus.train import Sample, StreamSampler, TrainConfig, TrainCrops, poly_lr, train
+from maskclip.data.image_io import write_png_atomic
+from maskclip.io.label_index import read_label_index, write_label_index
+from maskclip.plus.config import PlusTrainConfig as TrainConfig
+from maskclip.plus.config import poly_lr
+from maskclip.plus.data import StreamSampler, TrainCrops, TrainFiles
+from maskclip.plus.data import TrainItem as Sample
+from maskclip.plus.loop import train
+from maskclip.plus.pseudo import (check_no_unseen_leak, merge_precomputed, pseudo_labels_annotation_free,
+                                  pseudo_labels_zero_shot, restricted_argmax, suppress_classes)
+from maskclip.plus.state import load_checkpoint
 
 K = 4
 
@@ -271,7 +278,7 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     model = tiny_model()
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C inside the 2nd iteration's teacher call
         train(cfg(tmp_path, "cut", **kw), model, tiny_data(), LinearTeacher(interrupt_at=2))
-    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ck["iteration"] == 1
     first = [json.loads(line)["loss"] for line in open(tmp_path / "cut" / "log.jsonl")]
 
@@ -297,20 +304,31 @@ def test_sigterm_checkpoints_and_resume_matches(tmp_path):
 
 
 def test_precomputed_pseudo_labels_roundtrip_and_train(tmp_path):
-    data = tiny_data(3, with_gt=False)
+    """The one pseudo-label format: label PNGs + an index (what `maskclip label` writes), read back for training."""
+    images = []
+    for i, item in enumerate(tiny_data(3, with_gt=False)):
+        images.append(tmp_path / "imgs" / f"{i}.png")
+        write_png_atomic(images[-1], item.image)
     teacher = LinearTeacher()
-    res = label_dataset(teacher, data, tmp_path / "pl", progress=False)
-    assert res["written"] == 3 and not res["failed"]
-    ds = PseudoLabelDataset(data, res["index"])
-    img, gt, pseudo = ds[1]
-    x = (torch.as_tensor(img).permute(2, 0, 1).float() - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) \
-        / torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-    want = F.interpolate(LinearTeacher()(x[None]), size=(40, 48), mode="bilinear", align_corners=False).argmax(1)[0]
-    assert gt is None and np.array_equal(pseudo, want.numpy())
-    assert np.array_equal(load_label_png(tmp_path / "pl" / "labels" / "000001.png"), pseudo)
+    entries = []
+    for i, path in enumerate(images):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        x = (torch.as_tensor(image).permute(2, 0, 1).float() - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) \
+            / torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+        logits = F.interpolate(teacher(x[None]), size=(40, 48), mode="bilinear", align_corners=False)
+        write_png_atomic(tmp_path / "pl" / "labels" / f"{i}.png", restricted_argmax(logits)[0].numpy())
+        entries.append({"image": str(path), "label": f"labels/{i}.png", "json": f"labels/{i}.json"})
+    write_label_index(tmp_path / "pl", entries, ["c0", "c1", "c2", "c3", "background"])
+    pngs, lut = read_label_index(tmp_path / "pl", images, ["c0", "c1", "c2", "c3"], 255)
+    assert lut.tolist() == [0, 1, 2, 3, 255, 255]  # 'background' and ids beyond the list -> ignore
+    ds = TrainFiles(images, pseudo=pngs, pseudo_lut=lut)
+    item = ds[1]
+    assert item.label is None and np.array_equal(item.pseudo, np.asarray(Image.open(pngs[1])).astype(np.int64))
     out = train(cfg(tmp_path, iterations=2), tiny_model(), ds, None)
     sources = {json.loads(line)["source"] for line in open(out["log_path"])}
     assert sources == {"pseudo-file"}
+    with pytest.raises(ValueError, match="no pseudo labels for 1 of 4"):
+        read_label_index(tmp_path / "pl", images + [tmp_path / "imgs" / "other.png"], ["c0"], 255)
 
 
 def test_bad_configuration_is_reported(tmp_path):

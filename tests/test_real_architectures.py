@@ -30,7 +30,7 @@ def test_segment_real_architecture_on_shared_images(arch, shared_data, tmp_path)
                "--templates", "single", "--ks", "--pd", "--size", "320", "--out", str(out), "--quiet"])
     assert rc == 0
     for p in picks:
-        lab = read_label(out / f"{p.stem}.png")
+        lab = read_label(out / "labels" / f"{p.stem}.png")
         assert lab.shape == read_image(p).shape[:2] and lab.max() < 6
-        meta = json.loads((out / f"{p.stem}.json").read_text())
+        meta = json.loads((out / "labels" / f"{p.stem}.json").read_text())
         assert meta["model_sha256"] and meta["settings"]["ks"] and meta["settings"]["pd"]

@@ -14,8 +14,8 @@ import torch
 from maskclip.clip import weights
 from maskclip.clip.convert import clip_state_dict, load_state_dict
 from maskclip.clip.model import ARCHITECTURES, CLIP, CLIPConfig
-from maskclip.clip.weights import (WeightsError, available_models, load_clip, model_url, random_clip,
-                                   url_sha256)
+from maskclip.clip.weights import (WeightsError, available_models, load_clip, load_weights, model_url, random_clip,
+                                   random_weights, url_sha256)
 
 
 def tiny_config(vision_layers=2, vocab_size=1000, vision_width=64, resolution=32) -> CLIPConfig:
@@ -116,10 +116,10 @@ def test_plain_state_dict_roundtrip(tmp_path):
     model = tiny_clip()
     path = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), path)
-    loaded = load_clip(path, progress=False)
+    loaded, info = load_weights(path, progress=False)
     assert_same_model(model, loaded)
-    assert loaded.weights_sha256 == sha(path)
-    assert loaded.weights_name == str(path)
+    assert info.sha256 == sha(path) and info.name == str(path) and info.source == "file"
+    assert not hasattr(loaded, "weights_sha256")  # identity travels beside the module, not on it
     assert loaded.config == model.config and loaded.dtype == torch.float32 and not loaded.training
 
 
@@ -169,8 +169,8 @@ def test_gzipped_state_dict_with_unused_vocab_rows_is_small(tmp_path):
     gz = tmp_path / "toy.pt.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=6))
     assert gz.stat().st_size < plain.stat().st_size / 5  # 12.6 MB of zeros compress away
-    loaded = load_clip(gz)
-    assert loaded.weights_sha256 == sha(gz)
+    loaded, info = load_weights(gz)
+    assert info.sha256 == sha(gz)
     assert_same_model(model, loaded, vocab=49408)
 
 
@@ -299,8 +299,8 @@ def test_bundled_name_resolves_through_manifest(tmp_path, monkeypatch):
     file = write_bundle(tmp_path, monkeypatch, model)
     assert available_models()[-1] == "toy-vit"
     assert weights.bundled_models()["toy-vit"].description == "tiny ViT"
-    loaded = load_clip("toy-vit")
-    assert loaded.weights_name == "toy-vit" and loaded.weights_sha256 == sha(file)
+    loaded, info = load_weights("toy-vit")
+    assert (info.name, info.sha256, info.source) == ("toy-vit", sha(file), "bundled")
     assert_same_model(model, loaded)
 
 
@@ -321,8 +321,8 @@ def test_bundled_checksum_mismatch_and_missing_file(tmp_path, monkeypatch):
 
 
 def test_random_clip_is_labelled_and_real_shaped():
-    model = random_clip("ViT-B/16")
-    assert model.weights_name == "random:ViT-B/16:seed0" and model.weights_sha256 is None
+    model, info = random_weights("ViT-B/16")
+    assert info.name == "random:ViT-B/16:seed0" and info.sha256 is None and info.source == "random"
     assert model.config == ARCHITECTURES["ViT-B/16"]
     assert model.visual.positional_embedding.shape == (197, 768) and model.visual.proj.shape == (768, 512)
     with pytest.raises(WeightsError, match="ViT-B/16"):
@@ -333,9 +333,9 @@ def test_random_clip_is_seeded_and_leaves_global_rng_alone(monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_config())
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a, b, c = random_clip("tiny", seed=3), random_clip("tiny", seed=3), random_clip("tiny", seed=4)
+    a, b, (c, info) = random_clip("tiny", seed=3), random_clip("tiny", seed=3), random_weights("tiny", seed=4)
     assert torch.equal(torch.get_rng_state(), before)
-    assert c.weights_name == "random:tiny:seed4"
+    assert info.name == "random:tiny:seed4"
     for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(va, vb), k
     assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)

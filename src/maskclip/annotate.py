@@ -1,10 +1,12 @@
-"""Label image files with MaskCLIP and write the results: the batch job behind `segment` and `label`.
+"""Label image files and write the results: the batch job behind `segment` and `label`.
 
-For each image: `<stem>.png` (label ids; a palette PNG up to 256 classes, 16-bit beyond),
-`<stem>_overlay.png` (colour overlay with a legend), optional `<stem>_heat/<class>.png`, and last
-`<stem>.json` (classes, palette, settings, model hash). The JSON is written last, atomically, so its
-presence means the image is done: a resumed run skips exactly those images with the same settings.
-A bad image is reported and skipped; the run goes on.
+For each input (names and folders: `maskclip.io.layout`): the label ids (a palette PNG up to 256
+classes, 16-bit beyond), an overlay with a legend, optional heat maps, and last a JSON sidecar
+(classes, palette, settings, model hash, and the source file's path, size and modification time).
+The sidecar is written last, atomically, so its presence means the image is done: a resumed run skips
+exactly the images whose sidecar has the same settings and the same source file and whose label map
+decodes; a changed or replaced input is recomputed. A bad image is reported and skipped; the run
+goes on and the failures are listed at the end.
 """
 
 from __future__ import annotations
@@ -13,25 +15,21 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .data.image_io import ImageReadError, read_image, write_png_atomic
-from .dense.predictor import MaskCLIPPredictor, Prediction
+from .dense.predictor import Prediction
+from .io.atomic import write_json
+from .io.layout import OutputLayout, output_names
 from .render import heatmap, overlay_with_legend, palette
-
-
-@dataclass
-class Vocabulary:
-    classes: list[list[str]]
-    background: list[str] | None = None
-    threshold: float | None = None
+from .vocab import Vocabulary
 
 
 @dataclass
@@ -39,6 +37,7 @@ class BatchReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    done_names: list[str] = field(default_factory=list)  # output names of written + skipped inputs
 
     def summary(self) -> str:
         s = f"{len(self.written)} written, {len(self.skipped)} already done, {len(self.failed)} failed"
@@ -47,89 +46,107 @@ class BatchReport:
         return s
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def output_stems(files: Sequence[Path]) -> list[str]:
-    """A unique output name per input: the file stem, with a counter where stems repeat."""
-    seen: dict[str, int] = {}
-    out = []
-    for f in files:
-        stem = f.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n + 1}")
-    return out
-
-
 def settings_key(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_id(path: Path) -> dict:
+    """What identifies an input file's contents cheaply: absolute path, size and modification time."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
 
 
-def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: Prediction, meta: dict,
+def decodes(path: Path) -> bool:
+    """True when `path` is a complete PNG (checked without decoding the pixels)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def is_finished(layout: OutputLayout, name: str, source: dict, key: str, heatmaps: int = 0) -> bool:
+    """An earlier run finished this input with these settings, from this very file."""
+    try:
+        rec = json.loads(layout.sidecar(name).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(rec, dict) or rec.get("settings_key") != key or rec.get("source") != source:
+        return False
+    if heatmaps and len(list(layout.heatmaps(name).glob("*.png"))) < heatmaps:
+        return False  # asked for heat maps this time
+    return layout.overlay(name).is_file() and decodes(layout.label(name))
+
+
+def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Prediction, meta: dict,
                   heatmaps: bool = False) -> dict:
+    """Label PNG, overlay, heat maps, then the sidecar (last: it marks the image done)."""
     colors = palette(len(pred.classes))
-    labels = pred.labels.astype(np.int64)
-    write_png_atomic(out_dir / f"{stem}.png", labels, palette=colors if len(colors) <= 256 else None)
-    write_png_atomic(out_dir / f"{stem}_overlay.png",
-                     overlay_with_legend(image, labels, pred.classes, colors, ignore_index=None))
+    labels = pred.labels
+    write_png_atomic(layout.label(name), labels, palette=colors if len(colors) <= 256 else None)
+    write_png_atomic(layout.overlay(name), overlay_with_legend(image, labels, pred.classes, colors, ignore_index=None))
     if heatmaps and pred.probs is not None:
-        for i, name in enumerate(pred.classes[: pred.probs.shape[0]]):
-            write_png_atomic(out_dir / f"{stem}_heat" / f"{i:03d}_{_safe(name)}.png", heatmap(image, pred.probs[i]))
-    counts = np.bincount(labels.ravel(), minlength=len(pred.classes))
+        for i, cls in enumerate(pred.classes[: pred.probs.shape[0]]):
+            write_png_atomic(layout.heatmaps(name) / f"{i:03d}_{_safe(cls)}.png", heatmap(image, pred.probs[i]))
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(pred.classes))
     record = {
         **meta,
         "image_size": [int(labels.shape[0]), int(labels.shape[1])],
         "classes": pred.classes,
         "palette": colors.tolist(),
         "pixel_fraction": {c: round(float(n) / labels.size, 6) for c, n in zip(pred.classes, counts) if n},
-        "label_png": f"{stem}.png",
+        "label_png": layout.relative(layout.label(name)),
+        "overlay_png": layout.relative(layout.overlay(name)),
     }
-    write_json_atomic(out_dir / f"{stem}.json", record)
+    write_json(layout.sidecar(name), record)
     return record
 
 
-def label_files(predictor: MaskCLIPPredictor, files: Sequence[Path], out_dir: Path, vocab: Vocabulary, meta: dict,
+def run_key(meta: dict, vocab: Vocabulary) -> str:
+    """The settings a finished output must share to be reused (not the source: checked per image)."""
+    return settings_key({**meta, **vocab.to_json()})
+
+
+def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: Vocabulary, meta: dict,
                 heatmaps: bool = False, resume: bool = True, progress: bool = True,
-                stems: Sequence[str] | None = None) -> BatchReport:
-    """Segment `files` into `out_dir`. `meta` (model, settings) goes into every JSON and keys resumption."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = list(stems) if stems is not None else output_stems(files)
-    key = settings_key({**meta, "classes": vocab.classes, "background": vocab.background,
-                        "threshold": vocab.threshold})
+                names: Sequence[str] | None = None) -> BatchReport:
+    """Segment `files` into `layout`. `meta` (model, settings) goes into every sidecar and keys resumption.
+
+    `names`: output names (default `output_names(files)`; pass the whole collection's names when
+    labelling a shard of it, so that every shard agrees).
+    """
+    names = list(names) if names is not None else output_names(files)
+    key = run_key(meta, vocab)
+    n_heat = len(vocab.names) if heatmaps else 0  # one heat map per scored class
     report = BatchReport()
-    bar = tqdm(list(zip(files, stems)), desc="segment", unit="img", disable=not progress)
-    for path, stem in bar:
-        done = out_dir / f"{stem}.json"
-        if resume and done.exists():
-            try:
-                if json.loads(done.read_text()).get("settings_key") == key:
-                    report.skipped.append(str(path))
-                    continue
-            except (OSError, ValueError):
-                pass  # unreadable sidecar: redo the image
+    bar = tqdm(list(zip(files, names)), desc="segment", unit="img", disable=not progress)
+    for path, name in bar:
         try:
+            source = source_id(path)
+            if resume and is_finished(layout, name, source, key, n_heat):
+                report.skipped.append(str(path))
+                report.done_names.append(name)
+                continue
             image = read_image(path)
             t0 = time.perf_counter()
             predictor.set_image(image)
-            pred = predictor.predict(vocab.classes, background=vocab.background, threshold=vocab.threshold,
-                                     return_probs=heatmaps)
+            pred = predictor.predict([list(c) for c in vocab.classes], background=list(vocab.background) or None,
+                                     threshold=vocab.threshold, return_probs=heatmaps)
             seconds = time.perf_counter() - t0
-            write_outputs(out_dir, stem, image, pred,
-                          {**meta, "image": str(path), "settings_key": key, "seconds": round(seconds, 4)},
-                          heatmaps)
+            write_outputs(layout, name, image, pred, {**meta, "image": str(path), "source": source,
+                                                      "settings_key": key, "seconds": round(seconds, 4)}, heatmaps)
             report.written.append(str(path))
+            report.done_names.append(name)
         except (ImageReadError, OSError, ValueError) as err:
             report.failed.append((str(path), str(err)))
             bar.write(f"skipped {path}: {err}")
     return report
+
+
+__all__ = ["BatchReport", "decodes", "is_finished", "label_files", "output_names", "run_key", "settings_key",
+           "source_id", "write_outputs"]

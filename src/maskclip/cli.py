@@ -7,17 +7,31 @@ Each sub-command lives in `maskclip.commands.<name>` and exposes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
-COMMANDS = ["demo", "segment", "label", "eval", "robustness", "train", "toyworld"]
+COMMANDS = ["demo", "segment", "label", "eval", "robustness", "train", "toyworld", "convert_checkpoint"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the option and what is wrong, then where the help is."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="maskclip",
         description="Open-vocabulary dense labels from CLIP (MaskCLIP) and networks trained on them (MaskCLIP+).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"maskclip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -30,19 +44,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends the command like Ctrl-C does: through exceptions, so temporary files are removed and
+    partial outputs never stay under their final names (a training run installs its own handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .dense.features import SettingsError
+    from .clip.download import WeightsError
+    from .errors import SettingsError
 
     try:
-        return int(args.func(args) or 0)
+        with sigterm_exits():
+            return int(args.func(args) or 0)
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except WeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

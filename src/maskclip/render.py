@@ -13,13 +13,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .data.image_io import voc_palette
 
-IGNORE_COLOR = (0, 0, 0)
-
-
-def palette(n: int) -> np.ndarray:
-    """[n, 3] uint8 distinct colours: the PASCAL VOC colour map without its black (black marks ignore);
-    past 255 classes, colours from a fixed-seed generator."""
+def palette(n: int, first: np.ndarray | None = None) -> np.ndarray:
+    """[n, 3] uint8 distinct colours: `first` (e.g. the toy world's sky blue for sky), then the PASCAL VOC
+    colour map without its black (black marks ignore); past 255 classes, colours from a fixed-seed generator."""
     base = voc_palette(256)[1:]
+    if first is not None:
+        first = np.asarray(first, dtype=np.uint8).reshape(-1, 3)
+        taken = {tuple(c) for c in first.tolist()}
+        base = np.concatenate([first, np.array([c for c in base if tuple(c.tolist()) not in taken], np.uint8)])
     if n <= len(base):
         return base[:n].copy()
     extra = np.random.default_rng(0).integers(32, 256, size=(n - len(base), 3), dtype=np.uint8)

@@ -1,6 +1,7 @@
 """Read a CLIP checkpoint file into a plain state dict with OpenAI's parameter names.
 
-Accepted: OpenAI's TorchScript archives (only their tensors are read; the graph is never run),
+Accepted: OpenAI's TorchScript archives (only their tensors are read, by a restricted unpickler:
+neither the graph nor any code stored in the archive is ever run),
 `torch.save`d state dicts (loaded with `weights_only=True`, optionally wrapped in a dict under
 "state_dict" or "model"), OpenCLIP checkpoints of the same architectures, `.safetensors` files,
 and gzip-compressed versions of any of these. Every archive's CRCs are checked before loading,
@@ -24,6 +25,7 @@ from typing import IO
 
 import torch
 
+from ..io.safe_pickle import ArchiveError, read_torchscript_state_dict
 from .download import WeightsError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -103,13 +105,12 @@ def _read_object(path: Path) -> object:
                 raise _refuse(path, f"CRC mismatch in archive member {bad}")
             f.seek(0)
             if any(n.endswith("/constants.pkl") for n in names):
-                # TorchScript (OpenAI's release format); only the tensors are used
+                # TorchScript (OpenAI's release format): only the tensors of the module tree are read, by an
+                # unpickler that resolves no global, so neither the archive's code nor its pickle ever runs
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated
-                        return dict(torch.jit.load(f, map_location="cpu").state_dict())
-                except Exception as e:  # noqa: BLE001 - TorchScript raises bare RuntimeErrors
-                    raise _refuse(path, f"TorchScript archive: {type(e).__name__}: {e}") from None
+                    return read_torchscript_state_dict(f, str(path))
+                except ArchiveError as e:
+                    raise _refuse(path, f"TorchScript archive: {e.reason}") from None
             try:
                 return torch.load(f, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
@@ -118,8 +119,8 @@ def _read_object(path: Path) -> object:
                 raise WeightsError(
                     f"{path}: holds Python objects besides tensors (e.g. training arguments); maskclip reads "
                     "checkpoints with torch.load(weights_only=True) and never unpickles arbitrary objects. "
-                    "If you trust the file, re-save its state dict: torch.save(torch.load(p, "
-                    "weights_only=False)['state_dict'], 'clip.pt')") from None
+                    "If you trust the file, load it yourself and re-save only its state dict: "
+                    "torch.save(checkpoint['state_dict'], 'clip.pt')") from None
             except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles
                 raise _refuse(path, f"{type(e).__name__}: {e}") from None
         if _is_safetensors(head):

@@ -45,12 +45,6 @@ class ChecksumError(WeightsError):
         self.url, self.path = url, path
 
 
-def default_cache_dir() -> Path:
-    """`$MASKCLIP_CACHE`, else `~/.cache/maskclip`."""
-    env = os.environ.get("MASKCLIP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "maskclip"
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     """Hex SHA-256 of a file, read in chunks (weights files are hundreds of MB)."""
     h = hashlib.sha256()
@@ -124,20 +118,22 @@ def download(url: str, root: str | os.PathLike, sha256: str | None = None, progr
              filename: str | None = None, timeout: float = 30.0) -> Path:
     """Download `url` into `root` (or return the cached copy) and verify its SHA-256.
 
-    A cached file whose checksum does not match is treated as stale: a warning names it and it is
-    downloaded again. On failure a `DownloadError` (unreachable, broken off: the `.part` stays for
+    A cached file whose checksum does not match is stale: a warning names it, it is moved aside to
+    `<name>.corrupt` (kept until a good download replaces it) and the file is downloaded again. On failure a `DownloadError` (unreachable, broken off: the `.part` stays for
     resuming) or `ChecksumError` (bytes discarded) names the URL, the cache path and `--weights`.
     """
     root = Path(root).expanduser()
     target = root / (filename or url_filename(url))
     sha256 = sha256.lower() if sha256 else None
+    aside = target.with_name(target.name + ".corrupt")
     if target.is_file():
         if sha256 is None or file_sha256(target) == sha256:
             return target
-        warnings.warn(f"{target}: cached file does not have SHA-256 {sha256}; downloading it again from {url}",
-                      stacklevel=2)
-        target.unlink()
+        os.replace(target, aside)  # never used again, never deleted before a good copy replaces it
+        warnings.warn(f"{target}: cached file does not have SHA-256 {sha256}; kept aside as {aside} and "
+                      f"downloading it again from {url}", stacklevel=2)
     part = target.with_name(target.name + ".part")
+    kept_aside = f"\n  the corrupt cached copy is kept aside as {aside}" if aside.exists() else ""
     try:
         root.mkdir(parents=True, exist_ok=True)
         digest = _fetch(url, part, progress, timeout)
@@ -146,14 +142,15 @@ def download(url: str, root: str | os.PathLike, sha256: str | None = None, progr
         kept = part.stat().st_size if part.exists() else 0
         keep = (f"\n  partial download kept: {part} ({kept} bytes; running again resumes it)" if kept else "")
         raise DownloadError(
-            f"could not download {url}: {reason or e}\n  cache path: {target}{keep}\n"
+            f"could not download {url}: {reason or e}\n  cache path: {target}{keep}{kept_aside}\n"
             f"  without network access, download the file elsewhere and {_WEIGHTS_HINT}",
             url, target, part) from None
     if sha256 is not None and digest != sha256:
         part.unlink()
         raise ChecksumError(
             f"checksum mismatch for {url}: expected SHA-256 {sha256}, got {digest}\n"
-            f"  the download was discarded; nothing was written to the cache path {target}\n"
+            f"  the download was discarded; nothing was written to the cache path {target}{kept_aside}\n"
             f"  retry later, or {_WEIGHTS_HINT}", url, target)
     os.replace(part, target)
+    aside.unlink(missing_ok=True)  # a good copy is in place now
     return target

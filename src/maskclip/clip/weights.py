@@ -4,27 +4,28 @@ Every source takes the same road: resolve the name to a file, verify the file's 
 a state dict (`convert.load_state_dict`), `build_model`, cast, move. OpenAI names are downloaded
 into the cache (`$MASKCLIP_CACHE`, default `~/.cache/maskclip`); bundled names come from
 `maskclip/toyworld/weights/manifest.json`; anything else is taken as a local file.
-The returned model records `.weights_name` and `.weights_sha256` for JSON sidecars and reports.
+`load_weights` also returns a `WeightsInfo` (name, SHA-256, source, the model's recommended inference
+settings) for sidecars, reports and caches; `load_clip` is the same without it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .convert import load_state_dict
-from .download import (ChecksumError, DownloadError, WeightsError, default_cache_dir, download,
-                       file_sha256)
+from ..io.cache import cache_dir as default_cache_dir
+from .download import ChecksumError, DownloadError, WeightsError, download, file_sha256
 from .model import ARCHITECTURES, CLIP, build_model
 
 __all__ = [
     "WeightsError", "DownloadError", "ChecksumError", "available_models", "bundled_models", "model_url",
-    "download", "file_sha256", "load_state_dict", "load_clip", "random_clip", "resolve_weights",
-    "default_cache_dir",
+    "download", "file_sha256", "load_state_dict", "load_clip", "load_weights", "random_clip", "random_weights",
+    "resolve_weights", "WeightsInfo",
 ]
 
 # OpenAI's releases; the SHA-256 of each file is the second-to-last URL segment.
@@ -51,6 +52,24 @@ class BundledModel:
     file: Path
     sha256: str
     description: str = ""
+    recommended: dict = field(default_factory=dict)  # inference settings measured best for it
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a model holds: reported in every sidecar and report, and the key of the text cache.
+
+    source: "openai" (a release name), "bundled", "file" or "random" (sha256 None: never cached, never
+    mistaken for trained weights). recommended: MaskCLIPConfig fields the model is best run with (the
+    bundled toy CLIPs see 64 px scenes at their own input size, with CLIP's normalisation), applied
+    wherever the user does not set them.
+    """
+
+    name: str
+    sha256: str | None
+    source: str
+    path: str | None = None
+    recommended: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,8 @@ class ResolvedWeights:
     path: Path
     sha256: str
     name: str
+    source: str = "file"
+    recommended: dict = field(default_factory=dict)
 
 
 def bundled_models() -> dict[str, BundledModel]:
@@ -69,11 +90,16 @@ def bundled_models() -> dict[str, BundledModel]:
     try:
         entries = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
         return {name: BundledModel(MANIFEST_PATH.parent / e["file"], str(e["sha256"]).lower(),
-                                   e.get("description", ""))
+                                   e.get("description", ""), _settings(e.get("recommended") or {}))
                 for name, e in entries.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise WeightsError(f"{MANIFEST_PATH}: malformed manifest ({type(e).__name__}: {e}); expected "
                            '{"name": {"file": ..., "sha256": ..., "description": ...}, ...}') from None
+
+
+def _settings(d: dict) -> dict:
+    """JSON lists back to the tuples MaskCLIPConfig holds."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def available_models() -> list[str]:
@@ -109,7 +135,7 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
         url = _MODELS[name]
         digest = url_sha256(url)
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        return ResolvedWeights(download(url, root, sha256=digest, progress=progress), digest, name)
+        return ResolvedWeights(download(url, root, sha256=digest, progress=progress), digest, name, "openai")
     bundled = bundled_models()
     if name in bundled:
         entry = bundled[name]
@@ -121,7 +147,7 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
             raise WeightsError(f"bundled checkpoint {name!r}: {entry.file} has SHA-256 {digest}, "
                                f"the manifest {MANIFEST_PATH} says {entry.sha256}; the file is corrupt "
                                "or the manifest is stale")
-        return ResolvedWeights(entry.file, digest, name)
+        return ResolvedWeights(entry.file, digest, name, "bundled", entry.recommended)
     path = Path(name).expanduser()
     if path.is_file():
         return ResolvedWeights(path, file_sha256(path), name)
@@ -135,16 +161,26 @@ def _default_dtype(device: torch.device, stored: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else stored
 
 
-def _finish(model: CLIP, device: str | torch.device, dtype: torch.dtype | None, name: str,
-            sha256: str | None) -> CLIP:
+def _finish(model: CLIP, device: str | torch.device, dtype: torch.dtype | None) -> CLIP:
     device = torch.device(device)
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, _DTYPES))}, got {dtype}")
     dtype = dtype or _default_dtype(device, model.dtype)
-    model = model.to(device=device, dtype=dtype).eval()
-    model.weights_name = name
-    model.weights_sha256 = sha256
-    return model
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_weights(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True, quick_gelu: bool = True) -> tuple[CLIP, WeightsInfo]:
+    """`load_clip` and the `WeightsInfo` of what was loaded."""
+    w = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
+    sd = load_state_dict(w.path)
+    try:
+        model = build_model(sd, quick_gelu=quick_gelu)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise WeightsError(f"{w.path}: not a CLIP checkpoint of a supported architecture: {e}") from None
+    info = WeightsInfo(w.name, w.sha256, w.source, str(w.path), w.recommended)
+    return _finish(model, device, dtype), info
 
 
 def load_clip(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -156,25 +192,25 @@ def load_clip(name_or_path: str | os.PathLike, device: str | torch.device = "cpu
     fp16, so CUDA gets fp16 as in openai/CLIP). `quick_gelu=False` for OpenCLIP checkpoints trained with
     nn.GELU (a state dict cannot tell). Raises `WeightsError` with a message saying what to do.
     """
-    w = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
-    sd = load_state_dict(w.path)
-    try:
-        model = build_model(sd, quick_gelu=quick_gelu)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise WeightsError(f"{w.path}: not a CLIP checkpoint of a supported architecture: {e}") from None
-    return _finish(model, device, dtype, w.name, w.sha256)
+    return load_weights(name_or_path, device, dtype, cache_dir, progress, quick_gelu)[0]
 
 
-def random_clip(name: str, seed: int = 0, device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None) -> CLIP:
+def random_weights(name: str, seed: int = 0, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None) -> tuple[CLIP, WeightsInfo]:
     """A randomly initialised CLIP of a real architecture, for tests and weight-free pipeline demos.
 
-    It is labelled `weights_name = "random:<name>:seed<seed>"` and `weights_sha256 = None` so that no
-    report can mistake it for trained weights. The global RNG state is left untouched.
+    Reported as "random:<name>:seed<seed>" with no SHA-256, so that no report can mistake it for trained
+    weights. The global RNG state is left untouched.
     """
     if name not in ARCHITECTURES:
         raise WeightsError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(ARCHITECTURES[name])
-    return _finish(model, device, dtype, f"random:{name}:seed{seed}", None)
+    return _finish(model, device, dtype), WeightsInfo(f"random:{name}:seed{seed}", None, "random")
+
+
+def random_clip(name: str, seed: int = 0, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> CLIP:
+    """`random_weights` without its WeightsInfo."""
+    return random_weights(name, seed, device, dtype)[0]

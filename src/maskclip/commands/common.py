@@ -3,24 +3,60 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import math
+from pathlib import Path
 from dataclasses import asdict, fields
 
-import torch
-
 from ..dense.inference import MaskCLIPConfig
+from ..device import resolve_device  # noqa: F401 - the commands' one device check
+from ..errors import SettingsError
 
 DEFAULTS = MaskCLIPConfig()
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, upper: int = 16384) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not vals or min(vals) <= 0 or max(vals) > upper:
+        raise argparse.ArgumentTypeError(f"expected integers in 1..{upper}, got {text!r}")
     return vals
+
+
+def bounded_int(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {v}")
+        return v
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (thresholds on probabilities)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(v) and 0 <= v <= 1):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
 
 
 def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> None:
@@ -53,9 +89,9 @@ def add_maskclip_options(p: argparse.ArgumentParser) -> None:
                    help="'paper': keys normalised per position (eq. 5, default); 'authors': normalised along the "
                         "token axis as in the authors' code")
     g.add_argument("--pd", action=argparse.BooleanOptionalAction, default=DEFAULTS.pd, help="prompt denoising")
-    g.add_argument("--pd-threshold", type=float, default=DEFAULTS.pd_threshold,
+    g.add_argument("--pd-threshold", type=fraction, default=DEFAULTS.pd_threshold,
                    help="prompt denoising threshold t (paper: 0.5)")
-    g.add_argument("--logit-scale", type=float, default=DEFAULTS.logit_scale,
+    g.add_argument("--logit-scale", type=positive_float, default=DEFAULTS.logit_scale,
                    help="softmax temperature for probabilities, PD and KS (paper/CLIP: 100; later papers: 40)")
     g.add_argument("--mode", choices=["whole", "slide"], default=DEFAULTS.mode,
                    help="whole image in one pass (paper) or sliding windows")
@@ -66,11 +102,11 @@ def add_maskclip_options(p: argparse.ArgumentParser) -> None:
                    help="resize target, e.g. 512 or 1024,512 (default 512,512; Pascal Context 520)")
     g.add_argument("--scales", type=_ints, default=None, metavar="S1,S2,...",
                    help="multi-scale ensemble, e.g. 224,336,520 (probabilities averaged; supplement Table 5)")
-    g.add_argument("--crop", type=int, default=DEFAULTS.crop, help="sliding-window size (slide mode)")
-    g.add_argument("--stride", type=int, default=DEFAULTS.stride, help="sliding-window stride (slide mode)")
-    g.add_argument("--window-batch", type=int, default=DEFAULTS.window_batch,
+    g.add_argument("--crop", type=bounded_int(1, 8192), default=DEFAULTS.crop, help="sliding-window size (slide mode)")
+    g.add_argument("--stride", type=bounded_int(1, 8192), default=DEFAULTS.stride, help="sliding-window stride (slide mode)")
+    g.add_argument("--window-batch", type=bounded_int(1, 4096), default=DEFAULTS.window_batch,
                    help="windows per encoder batch (bounds memory)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
+    g.add_argument("--max-pixels", type=bounded_int(1024, 2 ** 31), default=DEFAULTS.max_pixels,
                    help="whole-image inputs larger than this many pixels (after resizing) are encoded in overlapping "
                         "windows, bounding memory on very large images")
     g.add_argument("--normalize", choices=["imagenet", "clip"], default=DEFAULTS.normalize,
@@ -96,13 +132,20 @@ def add_vocabulary_options(p: argparse.ArgumentParser, required: bool = True) ->
     g.add_argument("--background", default=None,
                    help="comma-separated names merged into one 'background' label, e.g. "
                         "'building,ground,grass,tree,sky' (the paper's web-image demos)")
-    g.add_argument("--threshold", type=float, default=None,
+    g.add_argument("--threshold", type=fraction, default=None,
                    help="pixels whose top probability is below this become background (or 'unknown' without "
                         "--background)")
 
 
 def config_from_args(args: argparse.Namespace) -> MaskCLIPConfig:
     size = tuple(args.size) if len(args.size) > 1 else (args.size[0], args.size[0])
+    try:
+        return _config(args, size)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+
+
+def _config(args: argparse.Namespace, size: tuple[int, ...]) -> MaskCLIPConfig:
     return MaskCLIPConfig(
         path=args.path, ks=args.ks, pd=args.pd, ks_form=args.ks_form, pd_threshold=args.pd_threshold,
         logit_scale=args.logit_scale, mode=args.mode, resize=args.resize, size=size, crop=args.crop,
@@ -112,41 +155,24 @@ def config_from_args(args: argparse.Namespace) -> MaskCLIPConfig:
 
 
 def templates_from_arg(text: str) -> str | list[str]:
-    from pathlib import Path
-
+    """--templates: '85', 'single', a file with one template a line, or one template containing {}."""
     if text in ("85", "single"):
         return text
-    path = Path(text)
-    if path.is_file():
-        lines = [ln.strip() for ln in path.read_text("utf-8").splitlines() if ln.strip()]
-        return lines
-    if "{}" in text:
+    if "{}" in text and "\n" not in text and not Path(text).is_file():
         return [text]
-    raise SystemExit(f"--templates: {text!r} is neither '85', 'single', a template containing {{}}, nor a file")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return dev
-
-
-def load_model_from_args(args: argparse.Namespace):
-    """The CLIP the user asked for, or a clean exit with the loader's message."""
-    from ..clip.weights import WeightsError, load_clip, random_clip
-
-    device = resolve_device(args.device)
+    path = Path(text).expanduser()
     try:
-        if args.random_weights:
-            print(f"warning: --random-weights: {args.model} with RANDOM weights; the labels mean nothing",
-                  file=sys.stderr)
-            return random_clip(args.model, device=device)
-        return load_clip(args.weights or args.model, device=device, quick_gelu=not args.gelu)
-    except WeightsError as err:
-        raise SystemExit(f"error: {err}") from None
+        lines = [ln.strip() for ln in path.read_text("utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"--templates {text!r}: neither '85', 'single', a template containing {{}}, nor a "
+                            f"readable file ({getattr(err, 'strerror', None) or err})") from None
+    if not lines:
+        raise SettingsError(f"--templates {path}: the file is empty; give one template a line, each with {{}}")
+    bad = [i + 1 for i, ln in enumerate(lines) if "{}" not in ln]
+    if bad:
+        raise SettingsError(f"--templates {path}: line {bad[0]} has no {{}} where the class name goes "
+                            f"({len(bad)} such lines)")
+    return lines
 
 
 def settings_dict(config: MaskCLIPConfig) -> dict:

@@ -7,56 +7,20 @@ the world can ground (a stuff class, a category, or "COLOUR CATEGORY") are score
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-IGNORE = 255
-
-
-def query_mask(scene, query: str) -> np.ndarray | None:
-    """Pixels a query denotes in a toy-world scene, or None if the world cannot ground it."""
-    from ..toyworld.world import CLASSES, COLOURS, OBJECTS
-
-    words = query.lower().split()
-    if len(words) == 1 and words[0] in CLASSES:
-        return scene.labels == CLASSES.index(words[0])
-    if len(words) == 2 and words[0] in COLOURS and words[1] in OBJECTS:
-        ids = [o.instance for o in scene.objects if o.colour == words[0] and o.category == words[1]]
-        return np.isin(scene.instances, ids)
-    return None
-
-
-def query_ground_truth(scene, queries: list[str]) -> tuple[np.ndarray, list[bool]]:
-    """Label map over `queries` (IGNORE where no query applies) and which queries are groundable.
-
-    When two queries cover a pixel (e.g. "zebra" and "red zebra"), the more specific one (later in
-    order of word count) wins.
-    """
-    gt = np.full(scene.labels.shape, IGNORE, np.int64)
-    known = []
-    for i in sorted(range(len(queries)), key=lambda j: len(queries[j].split())):
-        m = query_mask(scene, queries[i])
-        if m is not None:
-            gt[m] = i
-    for q in queries:
-        known.append(query_mask(scene, q) is not None)
-    return gt, known
-
-
-def _best_variant(model: str, default: str) -> str:
-    """The variant the bundle measured best for a bundled model (its manifest's best_variant)."""
-    import json
-
-    from ..clip.weights import MANIFEST_PATH
-
-    try:
-        return json.loads(MANIFEST_PATH.read_text())[model].get("best_variant", default)
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
-
+from ..data.image_io import write_png_atomic
+from ..errors import SettingsError
+from ..eval.metrics import ConfusionMatrix
+from ..predict import load_predictor
+from ..render import overlay, palette, panel
+from ..toyworld.evaluate import IGNORE, heldout_scenes, query_ground_truth
+from ..toyworld.world import CLASS_COLOURS, CLASSES
+from ..vocab import Vocabulary
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -73,11 +37,10 @@ def register(subparsers) -> None:
                    help="comma-separated queries, e.g. 'red zebra, yellow zebra, grass, sky' (default: the "
                         "world's ten classes). Queries the world can ground (a class, or COLOUR CATEGORY) get IoUs")
     p.add_argument("--path", default=None, choices=("value-only", "authors", "baseline"),
-                   help="dense feature path (default: the variant the bundled model's manifest records as best; "
-                        "value-only otherwise)")
+                   help="dense feature path (default: the one the bundled model's manifest recommends)")
     p.add_argument("--dense-stride", type=int, default=None, choices=(32, 16, 8),
-                   help="ResNet models: output stride of the dense read-out (default: the bundled model's best "
-                        "variant; toy-rn: 16, a trous; 32 is the paper's)")
+                   help="ResNet models: output stride of the dense read-out (default: the bundled model's "
+                        "recommended one; toy-rn: 16, a trous; 32 is the paper's)")
     p.add_argument("--ks", action="store_true", help="key smoothing")
     p.add_argument("--pd", action="store_true", help="prompt denoising")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the panels (default: 4)")
@@ -85,70 +48,54 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _predictor(args):
+    """The bundled model with its recommended settings; --path/--dense-stride/--ks/--pd override them."""
+    overrides = {k: v for k, v in (("path", args.path), ("output_stride", args.dense_stride)) if v}
+    if args.ks:
+        overrides["ks"] = True
+    if args.pd:
+        overrides["pd"] = True
+    return load_predictor(args.model, device=args.device, overrides=overrides)
+
+
 def run(args) -> int:
-    import torch
-
-    from ..clip.weights import load_clip
-    from ..dense import MaskCLIP, build_text_classifier
-    from ..toyworld import CLASSES, TEMPLATES
-    from ..toyworld.evaluate import BEST_VARIANT, VARIANTS, heldout_scenes, scene_scores, toy_config
-    from ..data.image_io import write_png_atomic
-    from ..eval.metrics import ConfusionMatrix
-    from ..render import overlay, panel
-    from ..toyworld.visualize import palette
-
     if args.num_scenes <= 0:
-        print(f"error: --num-scenes must be positive, got {args.num_scenes}", file=sys.stderr)
-        return 2
-    if args.device == "cpu":
+        raise SettingsError(f"--num-scenes must be positive, got {args.num_scenes}")
+    queries = list(CLASSES) if args.classes is None else [q.strip() for q in args.classes.split(",") if q.strip()]
+    vocab = Vocabulary.of(queries) if queries else None
+    if vocab is None:
+        raise SettingsError("--classes is empty; give comma-separated names such as 'red zebra, grass'")
+    if str(args.device).startswith("cpu"):
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     t0 = time.time()
-    try:
-        model = load_clip(args.model, device=args.device)
-    except Exception as err:  # WeightsError and friends carry a message saying what to do
-        print(f"error: cannot load --model {args.model!r}: {err}", file=sys.stderr)
-        return 1
-    queries = list(CLASSES) if args.classes is None else [q.strip() for q in args.classes.split(",") if q.strip()]
-    if not queries:
-        print("error: --classes is empty; give comma-separated names such as 'red zebra, grass'", file=sys.stderr)
-        return 2
-    if len(set(q.lower() for q in queries)) != len(queries):
-        print(f"error: --classes has duplicates: {queries}", file=sys.stderr)
-        return 2
-    overrides = dict(VARIANTS[_best_variant(args.model, BEST_VARIANT)])
-    if args.path:
-        overrides["path"] = args.path
-    if args.dense_stride:
-        overrides["output_stride"] = args.dense_stride
-    overrides["ks"] = args.ks or overrides.get("ks", False)
-    overrides["pd"] = args.pd or overrides.get("pd", False)
-    config = toy_config(model, **overrides)
-    engine = MaskCLIP(model, config)
-    classifier = build_text_classifier(model, queries, TEMPLATES)
+    predictor = _predictor(args)
     scenes = heldout_scenes(args.num_scenes, seed=args.seed)
-    scores = scene_scores(engine, [s.image for s in scenes], classifier)
-    preds = scores.argmax(1).numpy()
-
     out = Path(args.out)
     k = len(queries)
     cm = ConfusionMatrix(k, IGNORE)
     known = [False] * k
-    colors = palette(k)
-    for i, (scene, pred) in enumerate(zip(scenes, preds)):
+    colors = palette(k, first=CLASS_COLOURS)
+    for i, scene in enumerate(scenes):
+        predictor.set_image(scene.image)
+        pred = predictor.predict(vocab, return_probs=False).labels
         gt, known_i = query_ground_truth(scene, queries)
         known = [a or b for a, b in zip(known, known_i)]
         cm.update(pred, gt)
         write_png_atomic(out / f"scene{i:02d}_overlay.png", overlay(scene.image, pred, colors))
         write_png_atomic(out / f"scene{i:02d}_panel.png",
                          panel(scene.image, gt, pred, queries, colors, scale=args.scale, title=scene.caption))
+    _print_results(args, predictor.config, scenes, out, queries, known, cm.compute()["IoU"])
+    print(f"done in {time.time() - t0:.1f}s")
+    return 0
 
+
+def _print_results(args, config, scenes, out: Path, queries: list[str], known: list[bool], per_class) -> None:
     print("panels: image | ground truth (black: no query applies) | prediction")
     print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}"
           f"{f' +OS{config.output_stride}' if config.output_stride else ''}, "
           f"{len(scenes)} held-out scenes, panels in {out}/")
     for i, s in enumerate(scenes[:3]):
         print(f"  scene {i}: {s.caption}")
-    per_class = cm.compute()["IoU"]
     ious = []
     print(f"{'class':<20} IoU")
     for j, q in enumerate(queries):
@@ -161,5 +108,3 @@ def run(args) -> int:
             print(f"{q:<20} {100 * ious[-1]:5.1f}")
     if ious:
         print(f"{'mIoU':<20} {100 * float(np.mean(ious)):5.1f}")
-    print(f"done in {time.time() - t0:.1f}s")
-    return 0

@@ -7,8 +7,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .common import (add_maskclip_options, add_model_options, config_overrides, settings_dict,
-                     templates_from_arg, unset_maskclip_defaults)
+from ..errors import SettingsError
+from ..eval.report import pct
+from ..io.layout import check_out_dir
+from .common import (add_maskclip_options, add_model_options, bounded_int, config_overrides, fraction,
+                     resolve_device, settings_dict, templates_from_arg, unset_maskclip_defaults)
 
 EPILOG = """protocols (each MaskCLIP option given on the command line overrides the preset):
   paper  the authors' configs: whole image resized to fit 520x520 (Pascal Context), 1024x512 (Cityscapes)
@@ -47,14 +50,15 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
                    help="for --dataset folder: class names ('a,b,c') or a class file, in label-id order")
     p.add_argument("--protocol", choices=["paper", "later", "custom"], default="paper",
                    help="inference preset (see below); default paper")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick runs)")
-    p.add_argument("--bg-threshold", type=float, default=None,
+    p.add_argument("--limit", type=bounded_int(1, 10 ** 9), default=None,
+                   help="only the first N images (quick runs; a different N starts the evaluation over)")
+    p.add_argument("--bg-threshold", type=fraction, default=None,
                    help="pixels whose top probability is below this become the background class 0 "
                         "(the later protocol sets 0.1 on voc21/context60/coco-object)")
     p.add_argument("--unseen", default=None,
                    help="comma-separated unseen class names for zero-shot metrics (mIoU(S), mIoU(U), hIoU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
-    p.add_argument("--save-vis", type=int, default=0, metavar="N",
+    p.add_argument("--save-vis", type=bounded_int(0, 10 ** 9), default=0, metavar="N",
                    help="write image | ground truth | prediction panels for the first N images to OUT/vis")
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/eval/<dataset>-<protocol>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,10 +68,11 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
 
 
 def prepare(args: argparse.Namespace):
-    """Dataset, predictor, protocol and settings for eval and robustness."""
+    """Dataset, predictor, protocol and settings for eval and robustness; every option is checked before
+    the model loads (SettingsError)."""
     from ..data.datasets import DatasetError, canonical_dataset_name, open_dataset
-    from ..eval.runner import protocol
-    from ..predictors import load_predictor
+    from ..eval.protocols import protocol
+    from ..predict import load_predictor, predictor_identity
 
     try:
         name = canonical_dataset_name(args.dataset)
@@ -76,45 +81,56 @@ def prepare(args: argparse.Namespace):
             raise ValueError("--dataset folder needs --classes (names in label-id order)")
         dataset = open_dataset(name, args.root, args.split, **extra)
     except (DatasetError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SettingsError(f"--dataset {args.dataset}: {err}") from None
     proto = protocol(args.protocol, name)
-    config = replace(proto.config, **config_overrides(args))
+    try:
+        config = replace(proto.config, **config_overrides(args))
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
     templates = templates_from_arg(args.templates) if args.templates else proto.templates
     bg = args.bg_threshold if args.bg_threshold is not None else proto.bg_threshold
-    unseen = None
-    if args.unseen:
-        wanted = [n.strip().lower() for n in args.unseen.split(",") if n.strip()]
-        lookup = {n.lower(): i for i, c in enumerate(dataset.classes) for n in c}
-        missing = [n for n in wanted if n not in lookup]
-        if missing:
-            raise SystemExit(f"error: --unseen names {missing} are not classes of {name}: {dataset.class_names}")
-        unseen = sorted({lookup[n] for n in wanted})
-    predictor = load_predictor(args.weights or args.model, device=args.device, templates=templates, config=config,
-                               quick_gelu=not args.gelu, random_weights=args.random_weights)
-    model = getattr(predictor, "model", None)
-    settings = {"model": getattr(model, "weights_name", args.weights or args.model),
-                "model_sha256": getattr(model, "weights_sha256", None), "protocol": proto.name,
-                "config": settings_dict(config), "templates": templates if isinstance(templates, str) else
-                list(templates), "split": args.split}
+    if bg is not None and not dataset.class_names[0].lower().startswith("background"):
+        raise SettingsError(f"--bg-threshold needs a dataset whose class 0 is background; {dataset.name} starts "
+                            f"with {dataset.class_names[0]!r}")
+    unseen = _unseen_ids(args.unseen, dataset)
+    device = resolve_device(args.device)
+    if args.out is not None:
+        check_out_dir(args.out)
+    predictor = load_predictor(args.weights or args.model, device=device, templates=templates, config=config,
+                               quick_gelu=not args.gelu, random_init=args.random_weights)
+    ident = predictor_identity(predictor)
+    settings = {"model": ident["model"] or args.weights or args.model, "model_sha256": ident["model_sha256"],
+                "kind": ident["kind"], "protocol": proto.name, "config": settings_dict(config),
+                "templates": templates if isinstance(templates, str) else list(templates), "split": args.split}
     return dataset, predictor, settings, bg, unseen
 
 
+def _unseen_ids(text: str | None, dataset) -> list[int] | None:
+    if not text:
+        return None
+    wanted = [n.strip().lower() for n in text.split(",") if n.strip()]
+    lookup = {n.lower(): i for i, c in enumerate(dataset.classes) for n in c}
+    missing = [n for n in wanted if n not in lookup]
+    if missing or not wanted:
+        raise SettingsError(f"--unseen: {missing or text!r} are not classes of {dataset.name}: "
+                            f"{', '.join(dataset.class_names)}")
+    return sorted({lookup[n] for n in wanted})
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..eval.runner import evaluate
+    from ..eval.loop import Corruption
+    from ..eval.runner import EvalJob, evaluate
 
     dataset, predictor, settings, bg, unseen = prepare(args)
     tag = f"{dataset.name}-{args.protocol}" + (f"-{args.corruption}{args.severity}" if args.corruption else "")
     out = args.out or Path("runs") / "eval" / tag
-    try:
-        report = evaluate(predictor, dataset, out, settings, bg_threshold=bg, corruption=args.corruption,
-                          severity=args.severity, seed=args.seed, limit=args.limit, save_vis=args.save_vis,
-                          unseen=unseen, progress=not args.quiet)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    corruption = Corruption(args.corruption, args.severity, args.seed) if args.corruption else None
+    report = evaluate(predictor, dataset, out, EvalJob(settings, bg, corruption, args.limit, args.save_vis,
+                                                       unseen=unseen, progress=not args.quiet))
     m = report.metrics
-    line = f"{dataset.name}: mIoU {100 * m['mIoU']:.2f}  pAcc {100 * m['pAcc']:.2f}  mAcc {100 * m['mAcc']:.2f}"
+    line = f"{dataset.name}: mIoU {pct(m['mIoU'])}  pAcc {pct(m['pAcc'])}  mAcc {pct(m['mAcc'])}"
     if "hIoU" in m:
-        line += f"  mIoU(S) {100 * m['mIoU_seen']:.2f}  mIoU(U) {100 * m['mIoU_unseen']:.2f}  hIoU {100 * m['hIoU']:.2f}"
+        line += f"  mIoU(S) {pct(m['mIoU_seen'])}  mIoU(U) {pct(m['mIoU_unseen'])}  hIoU {pct(m['hIoU'])}"
     print(f"{line}  ({report.num_images} images)\nreport: {out / 'report.md'}")
     for name, err in report.failures:
         print(f"FAILED {name}: {err}", file=sys.stderr)

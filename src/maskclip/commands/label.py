@@ -13,7 +13,8 @@ EPILOG = """examples:
   maskclip label images/ --classes "cat,dog" --shard 0/4 --out pseudo/  (machine 1 of 4; run 1/4, 2/4, 3/4 too)
 
 writes the same files as `maskclip segment` and an index (index.json, or index.shard<i>of<n>.json with
---shard) listing image, label PNG and JSON for every labelled image. Re-running skips finished images."""
+--shard) listing image, label PNG and JSON of every image whose outputs exist and decode. Re-running
+skips finished images (same settings, same unchanged source file)."""
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -45,20 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotate import label_files, output_stems, write_json_atomic
-    from .segment import prepare
+    from ..annotate import decodes, label_files
+    from ..io.label_index import write_label_index
+    from .segment import prepare, summary
 
-    vocab, files, predictor, meta = prepare(args)
-    stems = output_stems(files)  # over the whole collection, so shards agree on names
+    job, predictor, meta = prepare(args)
     i, n = args.shard
-    mine = list(range(i, len(files), n))
-    report = label_files(predictor, [files[j] for j in mine], args.out, vocab, meta, heatmaps=args.heatmaps,
-                         resume=not args.no_resume, progress=not args.quiet, stems=[stems[j] for j in mine])
-    failed = {p for p, _ in report.failed}
-    entries = [{"image": str(files[j]), "label": f"{stems[j]}.png", "json": f"{stems[j]}.json"}
-               for j in mine if str(files[j]) not in failed]
-    index = args.out / ("index.json" if n == 1 else f"index.shard{i}of{n}.json")
-    write_json_atomic(index, {"classes": [c[0] for c in vocab.classes] + (["background"] if vocab.background else []),
-                              "shard": [i, n], "total_images": len(files), "entries": entries, **meta})
-    print(report.summary() + f"\nindex: {index}", file=sys.stderr if report.failed else sys.stdout)
+    mine = list(range(i, len(job.files), n))  # names come from the whole collection, so shards agree
+    report = label_files(predictor, [job.files[j] for j in mine], job.layout, job.vocab, meta,
+                         heatmaps=args.heatmaps, resume=not args.no_resume, progress=not args.quiet,
+                         names=[job.names[j] for j in mine])
+    done = set(report.done_names)
+    lay = job.layout
+    entries = [{"image": str(job.files[j]), "label": lay.relative(lay.label(job.names[j])),
+                "json": lay.relative(lay.sidecar(job.names[j]))}
+               for j in mine if job.names[j] in done and decodes(lay.label(job.names[j]))]
+    index = write_label_index(lay.root, entries, job.vocab.output_names, (i, n), len(job.files), meta)
+    print(summary(report, job) + f"\nindex: {index} ({len(entries)} images)",
+          file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from .eval import add_eval_options, prepare
@@ -20,6 +21,13 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _severities(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers 1..5, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..data.datasets import DATASETS
 
@@ -29,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_eval_options(p, DATASETS)
     p.add_argument("--corruptions", type=_names, default=None,
                    help="comma-separated corruptions (default: the paper's eight)")
-    p.add_argument("--severities", type=lambda t: [int(v) for v in _names(t)], default=[1, 2, 3, 4, 5],
+    p.add_argument("--severities", type=_severities, default=[1, 2, 3, 4, 5],
                    help="comma-separated severities 1-5 (default 1,2,3,4,5)")
     p.set_defaults(func=run)
 
@@ -47,32 +55,33 @@ def table(results: dict[str, dict[int, float]], severities: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotate import write_json_atomic
+    from ..errors import SettingsError
     from ..eval.corruptions import CORRUPTIONS
-    from ..eval.runner import evaluate, write_text_atomic
+    from ..eval.loop import Corruption
+    from ..eval.runner import EvalJob, evaluate
+    from ..io.atomic import write_json, write_text
 
     names = args.corruptions or list(CORRUPTIONS)
     unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown:
-        raise SystemExit(f"error: unknown corruptions {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if any(not 1 <= s <= 5 for s in args.severities):
-        raise SystemExit("error: --severities must lie in 1..5")
+    if unknown or not names:
+        raise SettingsError(f"--corruptions: unknown {unknown or 'empty list'}; choose from {', '.join(CORRUPTIONS)}")
+    if not args.severities or any(not 1 <= s <= 5 for s in args.severities):
+        raise SettingsError("--severities must be integers in 1..5, e.g. 1,3,5")
     dataset, predictor, settings, bg, unseen = prepare(args)
     out = args.out or Path("runs") / "robustness" / f"{dataset.name}-{args.protocol}"
-    common = dict(bg_threshold=bg, seed=args.seed, limit=args.limit, unseen=unseen, progress=not args.quiet)
-    clean = evaluate(predictor, dataset, out / "clean", settings, save_vis=args.save_vis, **common)
+    job = EvalJob(settings, bg, limit=args.limit, unseen=unseen, progress=not args.quiet)
+    clean = evaluate(predictor, dataset, out / "clean", replace(job, save_vis=args.save_vis))
     results: dict[str, dict[int, float]] = {"none": {0: clean.metrics["mIoU"]}}
     for name in names:
         results[name] = {}
         for sev in args.severities:
-            r = evaluate(predictor, dataset, out / f"{name}-{sev}", settings, corruption=name, severity=sev,
-                         **common)
+            r = evaluate(predictor, dataset, out / f"{name}-{sev}", replace(job, corruption=Corruption(name, sev, args.seed)))
             results[name][sev] = r.metrics["mIoU"]
     text = (f"# Robustness: {dataset.name}, {clean.num_images} images, model `{settings['model']}`, "
             f"protocol {settings['protocol']}\n\nmIoU (%)\n\n" + table(results, args.severities))
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "robustness.md", text)
-    write_json_atomic(out / "robustness.json", {"settings": settings, "severities": args.severities,
+    write_text(out / "robustness.md", text)
+    write_json(out / "robustness.json", {"settings": settings, "severities": args.severities,
                                                 "mIoU": {k: {str(s): v for s, v in row.items()}
                                                          for k, row in results.items()}})
     print(text)

@@ -6,6 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass
+
+from ..annotate import label_files
+from ..clip.tokenizer import CONTEXT_LENGTH
+from ..data.image_io import scan_images
+from ..dense.inference import MaskCLIPConfig
+from ..dense.predictor import MaskCLIPPredictor
+from ..dense.text import resolve_templates
+from ..errors import SettingsError
+from ..io.layout import OutputLayout, check_no_overwrite, check_out_dir, output_names
+from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
+from ..vocab import Vocabulary, parse_classes, parse_vocabulary
 from .common import (add_maskclip_options, add_model_options, add_vocabulary_options, config_from_args,
                      resolve_device, settings_dict, templates_from_arg)
 
@@ -16,9 +28,12 @@ EPILOG = """examples:
   maskclip segment photos/ --model runs/voc/model.pt --classes voc20 --out out/   (MaskCLIP+ from `maskclip train`;
       any class names work: they are embedded with the CLIP and templates recorded in the checkpoint)
 
-for each image OUT/<stem>.png holds label ids (palette PNG; index i = i-th class, then 'background' or
-'unknown'), OUT/<stem>_overlay.png a colour overlay with a legend, OUT/<stem>.json the classes, palette,
-settings and model hash."""
+for each image (NAME = its path below the folder holding all inputs, without the extension):
+  OUT/labels/NAME.png    label ids (palette PNG; index i = i-th class, then 'background' or 'unknown')
+  OUT/labels/NAME.json   classes, palette, settings, model hash, source file (written last: marks it done)
+  OUT/overlays/NAME.png  colour overlay with a legend       OUT/heatmaps/NAME/  with --heatmaps
+Re-running skips images done with the same settings from the same (unchanged) file. Outputs never
+overwrite an input: an --out that would is refused before any work."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,66 +54,86 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def classes_from_arg(text: str) -> list[list[str]]:
-    """'cat,dog', a class file, or a packaged list name (voc20, context59, coco_stuff171, ade150, ...)."""
-    from ..data.classes import CLASS_LISTS, load_class_names, parse_class_arg
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
-    if text.strip().lower().replace("-", "_") in CLASS_LISTS and not Path(text).exists():
-        return load_class_names(text)
-    return parse_class_arg(text)
+
+def classes_from_arg(text: str) -> list[list[str]]:
+    """--classes as synonym lists: 'cat,dog', a class file, or a packaged list name (voc20, context59, ...)."""
+    return [list(c) for c in parse_classes(text, warn=warn)]
+
+
+@dataclass
+class Job:
+    """Everything `segment` and `label` checked before the model loads: what to label, where, with what."""
+
+    vocab: Vocabulary
+    files: list[Path]
+    names: list[str]
+    skipped: list[tuple[Path, str]]
+    layout: OutputLayout
+    config: MaskCLIPConfig
+    templates: str | list[str]
+
+
+def plan(args: argparse.Namespace) -> Job:
+    """Every option and input checked once, before the model loads or any image is read (SettingsError)."""
+    vocab = parse_vocabulary(args.classes, args.background, args.threshold, warn=warn)
+    config = config_from_args(args)
+    templates = templates_from_arg(args.templates)
+    vocab.check_prompts(resolve_templates(templates), CONTEXT_LENGTH)
+    resolve_device(args.device)
+    layout = OutputLayout(check_out_dir(args.out))
+    try:
+        files, skipped = scan_images(args.inputs, recursive=args.recursive, exclude=layout.folders())
+    except (FileNotFoundError, ValueError) as err:
+        raise SettingsError(str(err)) from None
+    names = output_names(files)
+    check_no_overwrite(files, layout, names)
+    for path, why in skipped:
+        warn(f"skipped {path}: {why}")
+    return Job(vocab, files, names, skipped, layout, config, templates)
 
 
 def prepare(args: argparse.Namespace):
-    """Shared by segment and label: vocabulary, files, predictor and the metadata every sidecar carries."""
-    from ..annotate import Vocabulary
-    from ..data.image_io import list_images
-    from ..predictors import predictor_identity
-
-    try:
-        classes = classes_from_arg(args.classes)
-        background = [n.strip() for n in args.background.split(",") if n.strip()] if args.background else None
-        if args.background is not None and not background:
-            raise ValueError("--background is empty; give names like 'building,ground,grass,tree,sky'")
-        files = list_images(args.inputs, recursive=args.recursive)
-        config = config_from_args(args)
-        templates = templates_from_arg(args.templates)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
-    predictor = predictor_from_args(args, config, templates)
+    """Shared by segment and label: the checked job, the predictor and the metadata every sidecar carries."""
+    job = plan(args)
+    predictor = predictor_from_args(args, job.config, job.templates)
+    if isinstance(predictor, MaskCLIPPredictor):  # the real context (toy CLIPs have a shorter one than 77)
+        job.vocab.check_prompts(resolve_templates(job.templates), predictor.model.context_length)
     ident = predictor_identity(predictor)
     meta = {"model": ident["model"] or args.model, "model_sha256": ident["model_sha256"],
-            "settings": settings_dict(config), "templates": args.templates}
+            "settings": settings_dict(job.config), "templates": args.templates}
     if ident["kind"] == "maskclip+":  # new names are embedded with the checkpoint's templates, not --templates
         meta.update(kind="maskclip+", templates=predictor.templates)
-    return Vocabulary(classes, background, args.threshold), files, predictor, meta
+    return job, predictor, meta
 
 
 def predictor_from_args(args: argparse.Namespace, config, templates):
     """MaskCLIP for a CLIP --model/--weights; MaskCLIP+ when --model is a checkpoint written by `maskclip train`
     (then --weights, if given, is the CLIP whose text encoder embeds new class names)."""
-    from ..clip.weights import WeightsError
-    from ..predictors import is_plus_checkpoint, load_predictor
-
     device = resolve_device(args.device)
     plus = is_plus_checkpoint(args.model)
     if args.random_weights and not plus:
-        print(f"warning: --random-weights: {args.model} with RANDOM weights; the labels mean nothing",
-              file=sys.stderr)
-    try:
-        if plus:
-            return load_predictor(args.model, device, templates, config, quick_gelu=not args.gelu,
-                                  clip_weights=args.weights)
-        return load_predictor(args.weights or args.model, device, templates, config, quick_gelu=not args.gelu,
-                              random_weights=args.random_weights)
-    except WeightsError as err:
-        raise SystemExit(f"error: {err}") from None
+        warn(f"--random-weights: {args.model} with RANDOM weights; the labels mean nothing")
+    if plus:
+        return load_predictor(args.model, device, templates, config, quick_gelu=not args.gelu,
+                              clip_weights=args.weights)
+    return load_predictor(args.weights or args.model, device, templates, config, quick_gelu=not args.gelu,
+                          random_init=args.random_weights)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotate import label_files
-
-    vocab, files, predictor, meta = prepare(args)
-    report = label_files(predictor, files, args.out, vocab, meta, heatmaps=args.heatmaps,
-                         resume=not args.no_resume, progress=not args.quiet)
-    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
+    job, predictor, meta = prepare(args)
+    report = label_files(predictor, job.files, job.layout, job.vocab, meta, heatmaps=args.heatmaps,
+                         resume=not args.no_resume, progress=not args.quiet, names=job.names)
+    print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0
+
+
+def summary(report, job: Job) -> str:
+    text = report.summary() + f"\noutputs: {job.layout.root}/labels, overlays" + (", heatmaps" if any(
+        job.layout.heatmaps(n).exists() for n in report.done_names[:1]) else "")
+    if job.skipped:
+        text += f"\n{len(job.skipped)} files in the input folders were not images and were skipped (listed above)"
+    return text

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..errors import SettingsError
 from ..clip.model import CLIP, Bottleneck, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
 
 Path = Literal["authors", "value-only", "baseline"]
@@ -41,10 +42,6 @@ class DenseFeatures:
 
     feats: torch.Tensor
     keys: torch.Tensor | None = None
-
-
-class SettingsError(ValueError):
-    """MaskCLIP settings that do not fit the model they are used with (the command line reports it)."""
 
 
 def check_output_stride(model: CLIP, output_stride: int | None) -> None:

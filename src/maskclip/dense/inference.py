@@ -9,6 +9,7 @@ upsamples bilinearly to the input size and averages the scales' probabilities.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
@@ -103,23 +104,61 @@ class ImageFeatures:
     config: MaskCLIPConfig = field(repr=False)
 
 
-def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """HxWx3 uint8 (or float 0-255) -> float [1, 3, H, W] in 0-255."""
+def image_view(image: np.ndarray | torch.Tensor, copy_readonly: bool = True) -> torch.Tensor:
+    """[N, 3, H, W] view of an HxWx3 array/tensor in its own dtype (a 4-D tensor is taken as NCHW).
+
+    `copy_readonly=False` shares even a read-only array (read_image's arrays are): only for callers that
+    never write through the view, which saves a full-size copy."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
         arr = np.ascontiguousarray(image)
-        image = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        if arr.flags.writeable or copy_readonly:
+            image = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                image = torch.from_numpy(arr)
     if image.ndim == 3:
         image = image.permute(2, 0, 1)[None]
-    return image.float()
+    return image
+
+
+def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """HxWx3 uint8 (or float 0-255) -> float [1, 3, H, W] in 0-255."""
+    return image_view(image).float()
+
+
+def _mean_std(kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = NORMALIZATIONS[kind]
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    return m, s
 
 
 def normalize(image: torch.Tensor, kind: str) -> torch.Tensor:
-    mean, std = NORMALIZATIONS[kind]
-    m = torch.tensor(mean, device=image.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, device=image.device).view(1, 3, 1, 1) * 255
+    m, s = _mean_std(kind, image.device)
     return (image - m) / s
+
+
+def normalize_(image: torch.Tensor, kind: str) -> torch.Tensor:
+    """`normalize` in place on a float image (no second full-size float temporary); returns `image`."""
+    m, s = _mean_std(kind, image.device)
+    return image.sub_(m).div_(s)
+
+
+def float_copy(image: torch.Tensor) -> torch.Tensor:
+    """A float32 copy in the layout `to_tensor` gives, always a new tensor (safe to normalise in place).
+
+    The one full-size float image of `encode`: resizing happens after normalising it, on all three
+    channels at once. (Resizing one channel at a time would hold a third of it, but is not bit-identical:
+    on one thread torch resizes 3-channel images with another bilinear kernel than 1-channel ones.)"""
+    return image.to(torch.float32, copy=True)
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer type holding labels 0..num_classes (one past the classes: 'unknown')."""
+    return torch.uint8 if num_classes <= 255 else torch.int16 if num_classes <= 32767 else torch.int32
 
 
 def resized_size(h: int, w: int, resize: str, size: Sequence[int]) -> tuple[int, int]:
@@ -170,12 +209,15 @@ class MaskCLIP:
     # ---- image side -------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, image: np.ndarray | torch.Tensor, normalized: bool = False) -> ImageFeatures:
-        """Dense features for an RGB image (HxWx3 uint8, or [1,3,H,W] already normalised)."""
+        """Dense features for an RGB image (HxWx3 uint8, or [1,3,H,W] already normalised).
+
+        Memory: the image is moved to the device as it is (uint8: a quarter of the bytes of floats), then
+        one float copy is normalised in place (before: three full-size float images at once)."""
         cfg = self.config
-        x = image if normalized else to_tensor(image)
+        x = image if normalized else image_view(image, copy_readonly=False)
         x = x.to(self.device)
         if not normalized:
-            x = normalize(x, cfg.normalize)
+            x = normalize_(float_copy(x), cfg.normalize)
         h, w = x.shape[-2:]
         sizes = [cfg.size] if not cfg.scales else [(s, s) for s in cfg.scales]
         return ImageFeatures([self._encode_scale(x, s) for s in sizes], (h, w), cfg)
@@ -244,16 +286,18 @@ class MaskCLIP:
     @torch.no_grad()
     def decode(self, features: ImageFeatures, classifier: TextClassifier, return_probs: bool = True,
                max_bytes: int = 256 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Labels [H, W] (int64) and, if asked, probabilities [K, H, W] at the input size.
+        """Labels [H, W] and, if asked, probabilities [K, H, W] at the input size.
 
-        Upsampling to the input size happens in row blocks so that huge images stay within `max_bytes`.
+        Labels are compact: uint8 up to 255 classes (`label_dtype`: int16, int32 beyond), an eighth of
+        int64 on a large image; the values are the argmax indices. Upsampling to the input size happens in
+        row blocks so that huge images stay within `max_bytes`.
         """
         h, w = features.image_size
         small = [self.scale_scores(sf, classifier) for sf in features.scales]
         k = small[0].shape[0]
         need_probs = return_probs or len(small) > 1  # one scale: argmax of the scores is the argmax of probs
         rows = h if 4 * k * h * w * 2 <= max_bytes else max(1, max_bytes // max(1, 4 * k * w * 2))
-        labels = torch.empty(h, w, dtype=torch.long, device=small[0].device)
+        labels = torch.empty(h, w, dtype=label_dtype(k), device=small[0].device)
         probs = torch.empty(k, h, w, device=small[0].device) if return_probs else None
         mats = None
         if rows < h:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+import os
+
 from ..clip.model import CLIP
+from ..clip.weights import WeightsInfo, load_weights
+from ..data.image_inputs import as_rgb_uint8
+from ..device import resolve_device
 from .inference import ImageFeatures, MaskCLIP, MaskCLIPConfig
+from ..io.cache import TextCache
+from ..vocab import BACKGROUND, UNKNOWN, Vocabulary  # noqa: F401 - BACKGROUND, UNKNOWN re-exported
 from .text import TextClassifier, build_text_classifier, normalize_classes
 
-BACKGROUND = "background"
-UNKNOWN = "unknown"
 
 
 @dataclass
@@ -29,15 +35,12 @@ def apply_threshold(labels: torch.Tensor, probs: torch.Tensor, threshold: float,
     return torch.where(probs.amax(dim=0) < threshold, torch.full_like(labels, fallback), labels)
 
 
-def vocabulary(classes: list[str | list[str]], background: list[str] | None) -> tuple[list[list[str]], list[str]]:
-    """The classes to score (the background group appended as one class) and their display names."""
-    all_classes = normalize_classes(classes)
-    if background:
-        all_classes.append(list(background))
-    names = [c[0] for c in all_classes]
-    if background:
-        names[-1] = BACKGROUND
-    return all_classes, names
+def finish_prediction(labels: torch.Tensor, probs: torch.Tensor | None, vocab: Vocabulary,
+                      return_probs: bool) -> Prediction:
+    """The vocabulary's threshold applied, as numpy, with the display names of every possible label."""
+    if vocab.threshold is not None:
+        labels = apply_threshold(labels, probs, vocab.threshold, vocab.fallback)
+    return Prediction(labels.cpu().numpy(), probs.cpu().numpy() if return_probs else None, vocab.output_names)
 
 
 class MaskCLIPPredictor:
@@ -49,50 +52,67 @@ class MaskCLIPPredictor:
     """
 
     def __init__(self, model: str | CLIP = "ViT-B/16", device: str | torch.device | None = None,
-                 templates: str | list[str] = "85", config: MaskCLIPConfig | None = None, **overrides):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if isinstance(model, str):
-            from ..clip.weights import load_clip
-
-            model = load_clip(model, device=device)
+                 templates: str | list[str] | None = None, config: MaskCLIPConfig | None = None,
+                 weights: WeightsInfo | None = None, **overrides):
+        """model: a CLIP, or a name/path for `load_weights`. weights: what a given CLIP holds (its identity
+        in sidecars, the key of the text cache; unknown: not cached). config/templates default to the
+        model's recommended settings (bundled toy CLIPs) over MaskCLIPConfig's; `overrides` win over both."""
+        device = resolve_device(device)
+        if isinstance(model, (str, os.PathLike)):
+            model, weights = load_weights(model, device=device)
         self.model = model.to(device).eval()
-        self.engine = MaskCLIP(self.model, config, **overrides)
-        self.templates = templates
+        self.weights = weights or WeightsInfo("<in-memory CLIP>", None, "memory")
+        rec = dict(self.weights.recommended)
+        rec_templates = rec.pop("templates", None)
+        base = config if config is not None else MaskCLIPConfig(**rec)
+        self.engine = MaskCLIP(self.model, base, **overrides)
+        self.templates = templates if templates is not None else (rec_templates or "85")
+        self.text_cache = TextCache(self.weights.sha256) if self.weights.sha256 else None
         self.features: ImageFeatures | None = None
         self._classifiers: dict[tuple, TextClassifier] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def identity(self) -> WeightsInfo:
+        """The weights behind every prediction (sidecars and reports record it)."""
+        return self.weights
 
     @property
     def config(self) -> MaskCLIPConfig:
         return self.engine.config
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute and cache the dense features of an HxWx3 uint8 RGB image."""
-        self.features = self.engine.encode(image)
+    def set_image(self, image: Any, value_range: str | None = None) -> None:
+        """Compute and cache the dense features of an image.
+
+        `image`: a PIL image, or an HxWx3 uint8, uint16 or float numpy array / torch tensor (grayscale HxW and
+        RGBA HxWx4 too); anything else is a TypeError/ValueError. A float image is 0-1 or 0-255 as
+        `value_range` says ("0-1", "0-255"), detected when None (max <= 1: 0-1). Rules:
+        `maskclip.data.image_inputs.as_rgb_uint8`; the lower-level `MaskCLIP.encode` takes arrays as they are.
+        """
+        self.features = None  # a refused image leaves no stale features behind
+        self.features = self.engine.encode(as_rgb_uint8(image, value_range))
 
     def classifier(self, classes: list[str | list[str]]) -> TextClassifier:
         key = tuple(tuple(c) for c in normalize_classes(classes))
         if key not in self._classifiers:
-            self._classifiers[key] = build_text_classifier(self.model, [list(c) for c in key], self.templates)
+            self._classifiers[key] = build_text_classifier(self.model, [list(c) for c in key], self.templates,
+                                                           cache=self.text_cache)
         return self._classifiers[key]
 
-    def predict(self, classes: list[str | list[str]], background: list[str] | None = None,
+    def predict(self, classes: list[str | list[str]] | Vocabulary, background: list[str] | None = None,
                 threshold: float | None = None, return_probs: bool = True) -> Prediction:
         """Label every pixel with one of `classes` (a class may be a list of synonyms: max over names).
 
         `background`: names (e.g. building, ground, grass, tree, sky) merged into one "background" label.
         `threshold`: pixels whose top probability is below it become background, or "unknown" if no
-        background was given.
+        background was given. `classes` may also be a Vocabulary holding all three.
         """
         if self.features is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
-        all_classes, names = vocabulary(classes, background)
-        clf = self.classifier(all_classes)
-        need_probs = return_probs or threshold is not None
+        vocab = Vocabulary.of(classes, background, threshold)
+        clf = self.classifier(vocab.scored)
+        need_probs = return_probs or vocab.threshold is not None
         labels, probs = self.engine.decode(self.features, clf, return_probs=need_probs)
-        if threshold is not None:
-            fallback = len(names) - 1 if background else len(names)
-            labels = apply_threshold(labels, probs, threshold, fallback)
-            if not background:
-                names.append(UNKNOWN)
-        return Prediction(labels.cpu().numpy(), probs.cpu().numpy() if return_probs else None, names)
+        return finish_prediction(labels, probs, vocab, return_probs)

@@ -7,19 +7,16 @@ over its names, so the classifier keeps one row per name and a map from names to
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..clip.model import CLIP
 from ..clip.tokenizer import PromptTooLongError, tokenize
+from ..io.cache import TextCache
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -118,41 +115,20 @@ def encode_names(model: CLIP, names: list[str], templates: tuple[str, ...], batc
     return F.normalize(feats, dim=-1)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MASKCLIP_CACHE", Path.home() / ".cache" / "maskclip"))
-
-
-def _cache_key(model_id: str, names: list[str], templates: tuple[str, ...]) -> str:
-    blob = json.dumps({"model": model_id, "names": names, "templates": list(templates)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 def build_text_classifier(model: CLIP, classes: list[str | list[str]], templates: str | list[str] = "85",
-                          use_cache: bool = True) -> TextClassifier:
+                          cache: TextCache | None = None) -> TextClassifier:
     """Text classifier for `classes` (each a name or a list of synonyms).
 
-    Cached on disk per (model weights, names, templates) under $MASKCLIP_CACHE/text when the model
-    carries a `weights_sha256` (models loaded by `load_clip`); random models are not cached.
+    With a `cache` (maskclip.io.cache.TextCache of the model's weights) the embeddings are read from and
+    written to disk per (weights, names, templates); without one nothing touches the disk.
     """
     classes = normalize_classes(classes)
     tmpl = resolve_templates(templates)
     names = [n for c in classes for n in c]
     class_of_name = torch.tensor([i for i, c in enumerate(classes) for _ in c])
-    model_id = getattr(model, "weights_sha256", None)
-    path = cache_dir() / "text" / f"{_cache_key(model_id, names, tmpl)}.pt" if (use_cache and model_id) else None
-    emb = None
-    if path is not None and path.exists():
-        try:
-            emb = torch.load(path, weights_only=True)
-            if emb.shape != (len(names), model.embed_dim):
-                emb = None
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            emb = None
+    emb = cache.load(names, tmpl, model.embed_dim) if cache is not None else None
     if emb is None:
         emb = encode_names(model, names, tmpl)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(emb, tmp)
-            os.replace(tmp, path)
+        if cache is not None:
+            cache.save(names, tmpl, emb)
     return TextClassifier(emb, class_of_name, [c[0] for c in classes])

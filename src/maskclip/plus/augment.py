@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The authors' MaskCLIP+ configs normalise with ImageNet statistics (0-255 scale), for the target network
-# and for the MaskCLIP teacher alike (it sees the same crop).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from ..normalization import pixel_mean_std
+
+# The authors' MaskCLIP+ configs normalise with ImageNet statistics (in pixel values), for the target
+# network and for the MaskCLIP teacher alike (it sees the same crop).
+_MEAN, _STD = pixel_mean_std("imagenet")
 UNLABELED = -1  # pixel has no ground truth and may receive a pseudo label (authors' "suppressed" value)
 
 
@@ -38,8 +39,8 @@ class AugmentConfig:
     contrast_range: tuple[float, float] = (0.5, 1.5)
     saturation_range: tuple[float, float] = (0.5, 1.5)
     hue_delta_degrees: float = 36.0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = _MEAN
+    std: tuple[float, ...] = _STD
     ignore_index: int = 255
 
 
@@ -59,7 +60,7 @@ def to_image_tensor(image: np.ndarray | Tensor) -> Tensor:
     return t.permute(2, 0, 1).float()
 
 
-def normalize(image: Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
+def normalize(image: Tensor, mean: tuple[float, ...] = _MEAN, std: tuple[float, ...] = _STD) -> Tensor:
     """[..., 3, H, W] on the 0-255 scale -> normalised."""
     m = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
@@ -189,6 +190,6 @@ def sample_seed(seed: int, position: int) -> int:
     return (z ^ (z >> 31)) & (2**63 - 1)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "UNLABELED", "AugmentConfig", "to_image_tensor", "normalize",
+__all__ = ["UNLABELED", "AugmentConfig", "to_image_tensor", "normalize",
            "rescale_size", "random_resize", "random_crop", "rgb_to_hsv", "hsv_to_rgb", "photometric_distortion",
            "augment", "sample_seed"]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import ResNet, load_pretrained_backbone
+from .formats import MODEL_FORMAT, TRAIN_FORMAT, PlusFormatError, read_plus_file, save_model_file
 from .heads import ASPPv2Head, DeepLabV3PlusHead, LightHead
 
 log = logging.getLogger(__name__)
@@ -157,31 +158,34 @@ def build_target_model(name: str, embed_dim: int, text_embeddings: Tensor, pretr
 
 
 def save_target_model(path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
-    """Write {meta, model state, extra} atomically (temp file in the same directory, then os.replace)."""
-    import os
+    """Write {meta, model state, extra} atomically as a checked tensor file (plus.formats, "maskclip-plus-model/2")."""
     model = getattr(model, "module", model)
     if not getattr(model, "meta", None):
         raise ValueError("model has no .meta (build it with build_target_model) so it could not be rebuilt")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "maskclip-plus-model/1", "meta": model.meta, "model": model.state_dict(),
-                "extra": extra or {}}, tmp)
-    os.replace(tmp, path)
+    save_model_file(path, model.state_dict(), model.meta, extra)
 
 
 def load_target_model(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModel:
-    """Rebuild a network written by save_target_model (or a training checkpoint) and load its weights."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a MaskCLIP+ model file (expected keys 'meta' and 'model')")
-    meta = dict(ckpt["meta"])
-    text = ckpt["model"]["classifier.weight"]
-    model = build_target_model(meta["name"], meta["embed_dim"], text, None, output_stride=meta["output_stride"],
-                               base_channels=meta["base_channels"], normalize_features=meta["normalize_features"],
-                               logit_scale=meta["logit_scale"], head_channels=meta.get("head_channels", 128),
-                               warn_random_init=False)
-    model.load_state_dict(ckpt["model"])
+    """Rebuild a network written by save_target_model (or a training checkpoint) and load its weights.
+
+    The file is read with torch.load(weights_only=True) and its checksum verified, so loading never runs
+    code from it; an old-format file is refused with the `maskclip convert-checkpoint` command to use.
+    The network is built on the CPU (`map_location` is accepted for compatibility); move it with `.to()`.
+    """
+    f = read_plus_file(path, (MODEL_FORMAT, TRAIN_FORMAT))
+    sd, meta = f.payload["model"], f.meta.get("model")
+    text = sd.get("classifier.weight")
+    if not isinstance(meta, dict) or not isinstance(text, Tensor):
+        raise PlusFormatError(f"{path}: not a MaskCLIP+ model file (no network description or classifier)")
+    try:
+        model = build_target_model(meta["name"], meta["embed_dim"], text, None,
+                                   output_stride=meta["output_stride"], base_channels=meta["base_channels"],
+                                   normalize_features=meta["normalize_features"], logit_scale=meta["logit_scale"],
+                                   head_channels=meta.get("head_channels", 128), warn_random_init=False)
+        model.load_state_dict(sd)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise PlusFormatError(f"{path}: the network it describes cannot be rebuilt "
+                              f"({type(e).__name__}: {str(e)[:300]})") from None
     model.meta = {**meta, **model.meta}  # keep what the trainer recorded (CLIP, templates, classes, ...)
     return model
 

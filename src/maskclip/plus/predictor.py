@@ -15,43 +15,36 @@ logit scale) do not apply.
 from __future__ import annotations
 
 import contextlib
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dense.inference import MaskCLIPConfig, resized_size, slide_windows, to_tensor
-from ..dense.predictor import UNKNOWN, Prediction, apply_threshold, vocabulary
+from ..clip.download import file_sha256
+from ..clip.model import CLIP
+from ..clip.weights import WeightsError, WeightsInfo, load_weights, random_weights
+from ..data.image_inputs import as_rgb_uint8
+from ..dense.inference import MaskCLIPConfig, float_copy, image_view, resized_size, slide_windows
+from ..device import resolve_device
+from ..io.cache import TextCache
+from ..dense.predictor import Prediction, finish_prediction
 from ..dense.text import TextClassifier, build_text_classifier, normalize_classes
-from .augment import IMAGENET_MEAN, IMAGENET_STD
+from ..vocab import Vocabulary
+from ..normalization import pixel_mean_std
+from .formats import PlusFormatError, is_plus_file
 from .models import SegmentationModel, load_target_model
-
-_MARKERS = (b"maskclip-plus-model/1", b"maskclip-plus-train/1")
 
 
 def is_plus_checkpoint(path: str | Path) -> bool:
-    """True for a MaskCLIP+ model file (model.pt) or training checkpoint (checkpoint.pt).
+    """True for a MaskCLIP+ model file (model.pt) or training checkpoint (checkpoint.pt), old format or new.
 
-    Cheap: looks for the format tag in the pickle of the torch.save zip archive without unpickling
-    anything, so it is safe on any file (a CLIP name, a gzip'd state dict, a directory: False).
+    Cheap and safe on any file: it reads only the pickle of a torch.save zip archive, with an unpickler that
+    resolves nothing and reads no tensor data, and looks at its "format" value (a CLIP name, a gzip'd state
+    dict, a directory, garbage: False).
     """
-    p = Path(path)
-    try:
-        if not p.is_file() or not zipfile.is_zipfile(p):
-            return False
-        with zipfile.ZipFile(p) as z:
-            names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(names) != 1:
-                return False
-            with z.open(names[0]) as f:
-                head = f.read(1 << 16)
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(m in head for m in _MARKERS)
+    return is_plus_file(path)
 
 
 @dataclass
@@ -75,61 +68,59 @@ class PlusPredictor:
 
     def __init__(self, checkpoint: str | Path | SegmentationModel, device: str | torch.device | None = None,
                  config: MaskCLIPConfig | None = None, clip: Any = None,
-                 templates: str | list[str] | None = None, quick_gelu: bool | None = None):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+                 templates: str | list[str] | None = None, quick_gelu: bool | None = None,
+                 overrides: dict | None = None):
+        self.device = resolve_device(device)
         if isinstance(checkpoint, SegmentationModel):
-            self.net, self.path = checkpoint, None
+            self.net, self.path, sha = checkpoint, None, None
         else:
             self.path = Path(checkpoint)
             if not is_plus_checkpoint(self.path):
-                raise ValueError(f"{self.path}: not a MaskCLIP+ checkpoint (write one with `maskclip train`)")
-            self.net = load_target_model(self.path)
+                raise PlusFormatError(f"{self.path}: not a MaskCLIP+ checkpoint (write one with `maskclip train`)")
+            self.net, sha = load_target_model(self.path), file_sha256(self.path)
         self.net = self.net.to(self.device).eval()
         self.meta: dict[str, Any] = dict(self.net.meta)
-        self.config = config or MaskCLIPConfig()
+        name = str(self.path) if self.path is not None else "maskclip+:" + str(self.meta.get("name"))
+        self.weights = WeightsInfo(name, sha, "maskclip+", str(self.path) if self.path else None)
+        self.config = replace(config or MaskCLIPConfig(), **(overrides or {}))
         rec = self.meta.get("templates")
         self.templates: str | list[str] = templates if templates is not None else (rec if rec else "85")
         self._clip_arg = clip
         self._quick_gelu = quick_gelu if quick_gelu is not None else bool(self.meta.get("clip", {}).get("quick_gelu", True))
-        self._clip = None
-        self.mean = tuple(self.meta.get("mean", IMAGENET_MEAN))
-        self.std = tuple(self.meta.get("std", IMAGENET_STD))
+        self._clip: CLIP | None = None
+        self._text_cache: TextCache | None = None
+        mean, std = pixel_mean_std("imagenet")  # the authors' configs, unless the checkpoint says otherwise
+        self.mean = tuple(self.meta.get("mean", mean))
+        self.std = tuple(self.meta.get("std", std))
         self.features: list[_ScaleFeatures] | None = None
         self.image_size: tuple[int, int] | None = None
         self._classifiers: dict[tuple, TextClassifier] = {}
 
     # ---- identity, for sidecars and reports ---------------------------------------------------------
+    def identity(self) -> WeightsInfo:
+        """The network file behind every prediction (its SHA-256 taken when it was loaded)."""
+        return self.weights
+
     @property
     def model_name(self) -> str:
-        return str(self.path) if self.path is not None else "maskclip+:" + str(self.meta.get("name"))
-
-    @property
-    def model_sha256(self) -> str | None:
-        if self.path is None:
-            return None
-        from ..clip.download import file_sha256
-
-        return file_sha256(self.path)
+        return self.weights.name
 
     @property
     def trained_classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
 
     # ---- text side ----------------------------------------------------------------------------------
-    def text_encoder(self):
+    def text_encoder(self) -> CLIP:
         """The CLIP used to embed new vocabularies (loaded once, on first use)."""
         if self._clip is None:
-            self._clip = self._load_clip().to(self.device).eval()
+            clip, info = self._load_clip()
+            self._clip = clip.to(self.device).eval()
+            self._text_cache = TextCache(info.sha256) if info.sha256 else None
         return self._clip
 
-    def _load_clip(self):
-        from ..clip.model import CLIP
-        from ..clip.weights import WeightsError, load_clip, random_clip
-
+    def _load_clip(self) -> tuple[CLIP, WeightsInfo]:
         if isinstance(self._clip_arg, CLIP):
-            return self._clip_arg
+            return self._clip_arg, WeightsInfo("<in-memory CLIP>", None, "memory")
         rec = self.meta.get("clip") or {}
         name = self._clip_arg or rec.get("name")
         if not name:
@@ -137,17 +128,17 @@ class PlusPredictor:
                              "embedded; pass the CLIP it was trained with (--weights PATH / clip=...)")
         if self._clip_arg is None and str(name).startswith("random:"):
             _, arch, seed = str(name).split(":")
-            return random_clip(arch, seed=int(seed.removeprefix("seed")))
+            return random_weights(arch, seed=int(seed.removeprefix("seed")))
         try:
-            model = load_clip(name, quick_gelu=self._quick_gelu)
+            model, info = load_weights(name, quick_gelu=self._quick_gelu)
         except WeightsError as err:
             raise WeightsError(f"{self.model_name}: cannot load the CLIP text encoder {name!r} it was trained with "
                                f"({err}); pass it with --weights PATH (Python: clip=PATH)") from None
         want = rec.get("sha256")
-        if self._clip_arg is None and want and getattr(model, "weights_sha256", None) not in (None, want):
-            raise WeightsError(f"{self.model_name}: CLIP {name!r} has SHA-256 {model.weights_sha256}, the network "
+        if self._clip_arg is None and want and info.sha256 not in (None, want):
+            raise WeightsError(f"{self.model_name}: CLIP {name!r} has SHA-256 {info.sha256}, the network "
                                f"was trained against {want}; pass the right weights with --weights PATH")
-        return model
+        return model, info
 
     def classifier(self, classes: list[str | list[str]]) -> TextClassifier:
         """Name embeddings for `classes`; the stored classifier when they are the trained classes."""
@@ -160,7 +151,7 @@ class PlusPredictor:
                 w = self.net.classifier.weight.detach().float().cpu()
                 clf = TextClassifier(w, torch.arange(len(names)), [c[0] for c in names])
             else:
-                clf = build_text_classifier(self.text_encoder(), names, self.templates)
+                clf = build_text_classifier(self.text_encoder(), names, self.templates, cache=self._text_cache)
             self._classifiers[key] = clf
         return self._classifiers[key]
 
@@ -172,13 +163,19 @@ class PlusPredictor:
         return torch.autocast("cuda", dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dt])
 
     @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        """Run the network on an HxWx3 uint8 RGB image (every scale and window) and cache its embeddings."""
+    def set_image(self, image: Any, value_range: str | None = None) -> None:
+        """Run the network on an image (every scale and window) and cache its embeddings.
+
+        `image`: a PIL image, or an HxWx3 uint8/uint16/float array or tensor, as `MaskCLIPPredictor.set_image`
+        (rules: `maskclip.data.image_inputs.as_rgb_uint8`; `value_range` "0-1"/"0-255" for float images).
+        """
+        self.features, self.image_size = None, None  # a refused image leaves no stale features behind
+        rgb = as_rgb_uint8(image, value_range)
         cfg = self.config
-        x = to_tensor(image).to(self.device)
+        x = float_copy(image_view(rgb, copy_readonly=False).to(self.device))  # uint8 to the device, one float copy
         m = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        x = (x - m) / s
+        x.sub_(m).div_(s)  # in place: no second full-size float image
         h, w = x.shape[-2:]
         sizes = [cfg.size] if not cfg.scales else [(v, v) for v in cfg.scales]
         out = []
@@ -213,15 +210,15 @@ class PlusPredictor:
         return acc / count
 
     @torch.no_grad()
-    def predict(self, classes: list[str | list[str]], background: list[str] | None = None,
+    def predict(self, classes: list[str | list[str]] | Vocabulary, background: list[str] | None = None,
                 threshold: float | None = None, return_probs: bool = True) -> Prediction:
         """Same contract as MaskCLIPPredictor.predict (synonyms: max over names; background merged;
         threshold -> background or 'unknown'). Probabilities: softmax of the network's logits, averaged
         over scales."""
         if self.features is None or self.image_size is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
-        all_classes, names = vocabulary(classes, background)
-        clf = self.classifier(all_classes)
+        vocab = Vocabulary.of(classes, background, threshold)
+        clf = self.classifier(vocab.scored)
         h, w = self.image_size
         probs = 0
         for sf in self.features:
@@ -229,13 +226,7 @@ class PlusPredictor:
             logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             probs = probs + torch.softmax(logits, dim=0)
         probs = probs / len(self.features)
-        labels = probs.argmax(dim=0)
-        if threshold is not None:
-            fallback = len(names) - 1 if background else len(names)
-            labels = apply_threshold(labels, probs, threshold, fallback)
-            if not background:
-                names.append(UNKNOWN)
-        return Prediction(labels.cpu().numpy(), probs.cpu().numpy() if return_probs else None, names)
+        return finish_prediction(probs.argmax(dim=0), probs, vocab, return_probs)
 
 
 __all__ = ["PlusPredictor", "is_plus_checkpoint"]

@@ -1,4 +1,4 @@
-"""Pseudo labels for MaskCLIP+ (pure tensor functions) and their on-disk form (index JSON + PNGs).
+"""Pseudo labels for MaskCLIP+: pure tensor functions (their one on-disk form is maskclip.io.label_index).
 
 Label-map convention (the authors'): a class id is ground truth; ``ignore_index`` (255) is void/padding and
 never trained on; ``UNLABELED`` (-1) marks pixels without ground truth that may receive a pseudo label.
@@ -9,18 +9,14 @@ only among the unseen ids, so the network never gets a seen-class label the anno
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, UNLABELED, normalize, to_image_tensor
+from .augment import UNLABELED
 
 IdList = Sequence[int] | Tensor | None
 
@@ -113,128 +109,6 @@ def label_statistics(target: Tensor, num_classes: int, ignore_index: int = 255) 
     return int(valid.sum()), target.numel(), hist
 
 
-# ----------------------------------------------------------------------------------------------------------
-# On-disk pseudo labels: <out>/index.json + <out>/labels/<i>.png (8-bit, or 16-bit when ids exceed 255)
-
-INDEX_FORMAT = "maskclip-pseudo-labels/1"
-
-
-def save_label_png(path: str | Path, labels: np.ndarray | Tensor) -> None:
-    from PIL import Image
-
-    arr = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
-    if arr.ndim != 2 or arr.min() < 0:
-        raise ValueError(f"{path}: labels must be a non-negative HxW map, got shape {arr.shape}")
-    arr = arr.astype(np.uint8) if arr.max() <= 255 else arr.astype(np.uint16)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def load_label_png(path: str | Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im).astype(np.int64)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read label PNG {path}: {e}") from e
-
-
-def write_index(path: str | Path, meta: dict[str, Any], items: dict[int, str]) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": INDEX_FORMAT, **meta,
-                               "items": {str(k): v for k, v in sorted(items.items())}}, indent=1))
-    os.replace(tmp, path)
-
-
-def read_index(path: str | Path) -> tuple[dict[str, Any], dict[int, Path]]:
-    """-> (meta, {dataset index: absolute PNG path})."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read pseudo-label index {path}: {e}") from e
-    if data.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{path}: not a pseudo-label index (format {data.get('format')!r}, want {INDEX_FORMAT})")
-    items = {int(k): path.parent / v for k, v in data.pop("items").items()}
-    return data, items
-
-
-def _image_and_gt(item: Any) -> tuple[Any, Any]:
-    """Accepts the dataset item forms train.Sample documents: Sample-like (.image/.label), dict, tuple, image."""
-    if hasattr(item, "image"):
-        return item.image, getattr(item, "label", None)
-    if isinstance(item, dict):
-        return item["image"], item.get("label")
-    if isinstance(item, tuple):
-        return item[0], (item[1] if len(item) > 1 else None)
-    return item, None
-
-
-class PseudoLabelDataset:
-    """Wraps an image dataset and adds the precomputed pseudo-label map of each item: returns
-    (image, ground truth or None, pseudo labels)."""
-
-    def __init__(self, base: Any, index_path: str | Path):
-        self.base = base
-        self.meta, self.items = read_index(index_path)
-        missing = [i for i in range(len(base)) if i not in self.items]
-        if missing:
-            raise ValueError(f"{index_path}: no pseudo labels for {len(missing)} of {len(base)} images "
-                             f"(first: {missing[:5]}); re-run labelling for them")
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any, np.ndarray]:
-        image, gt = _image_and_gt(self.base[i])
-        return image, gt, load_label_png(self.items[i])
-
-
-@torch.no_grad()
-def label_dataset(teacher: Callable[[Tensor], Tensor], dataset: Any, out_dir: str | Path, *,
-                  candidate_ids: Sequence[int] | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,
-                  std: tuple[float, ...] = IMAGENET_STD, device: str | torch.device = "cpu",
-                  skip_existing: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run the teacher once per whole image and store its (candidate-restricted) argmax as PNGs.
-
-    For zero-shot, pass the unseen ids as ``candidate_ids``; the ground truth is merged at training time
-    (merge_precomputed), so the files hold the teacher's label for every pixel. Items that fail are
-    reported at the end; the index lists the items written so far and is replaced atomically.
-    """
-    from tqdm import tqdm
-
-    out = Path(out_dir)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    items: dict[int, str] = {}
-    failures: list[tuple[int, str]] = []
-    num_classes = None
-    for i in tqdm(range(len(dataset)), desc="pseudo labels", disable=not progress):
-        rel = f"labels/{i:06d}.png"
-        if skip_existing and (out / rel).exists():
-            items[i] = rel
-            continue
-        try:
-            image, _ = _image_and_gt(dataset[i])
-            x = normalize(to_image_tensor(image), mean, std)[None].to(device)
-            logits = teacher(x)
-            num_classes = int(logits.shape[1])
-            labels = restricted_argmax(resize_logits(logits, tuple(x.shape[-2:])), candidate_ids)[0]
-            save_label_png(out / rel, labels)
-            items[i] = rel
-        except Exception as e:  # noqa: BLE001 - batch job: keep going, report at the end
-            failures.append((i, f"{type(e).__name__}: {e}"))
-    write_index(out / "index.json", {"num_classes": num_classes, "candidate_ids": list(candidate_ids or []) or None,
-                                     "mean": list(mean), "std": list(std)}, items)
-    for i, msg in failures:
-        print(f"pseudo labels: item {i} failed: {msg}", file=sys.stderr)
-    return {"written": len(items), "failed": failures, "index": str(out / "index.json")}
-
-
 __all__ = ["UNLABELED", "resize_logits", "restricted_argmax", "fill_unlabeled", "pseudo_labels_annotation_free",
            "pseudo_labels_zero_shot", "check_no_unseen_leak", "suppress_classes", "merge_precomputed",
-           "label_statistics", "save_label_png", "load_label_png", "write_index", "read_index",
-           "PseudoLabelDataset", "label_dataset"]
+           "label_statistics"]

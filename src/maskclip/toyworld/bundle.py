@@ -54,7 +54,8 @@ def bundle(model: CLIP, name: str, description: str, train_command: str, weights
            log=print) -> dict:
     """Export `model` as `<name>.pt.gz`, measure it through the fp16 round trip, write its manifest entry."""
     from ..clip.weights import load_clip
-    from .evaluate import VARIANTS, WORLD_SIZE, evaluate_segmentation, heldout_scenes, toy_config, variants_for
+    from .evaluate import (VARIANTS, WORLD_SIZE, evaluate_segmentation, heldout_scenes, recommended_settings,
+                           toy_config, variants_for)
 
     weights_dir = Path(weights_dir)
     file = f"{name}.pt.gz"
@@ -80,6 +81,7 @@ def bundle(model: CLIP, name: str, description: str, train_command: str, weights
         "heldout_miou": round(100 * full.miou, 2),
         "best_variant": best,
         "best_paper_variant": best_paper,  # without our additions (output stride): MaskCLIP+'s default teacher
+        "recommended": recommended_settings(reloaded, best),  # what segment/eval/label/predictors apply
         "heldout": {"scenes": scenes, "seed": seed, "variant": best,
                     "miou_by_variant": {v: round(100 * r.miou, 2) for v, r in results.items()},
                     "per_class_iou": {k: round(100 * v, 1) for k, v in full.per_class().items()}},

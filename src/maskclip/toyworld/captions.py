@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .world import Scene
+from .scene import Scene
 
 # caption-style templates for building text classifiers against the toy CLIP
 TEMPLATES: list[str] = [

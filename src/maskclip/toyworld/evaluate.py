@@ -121,6 +121,46 @@ def evaluate_segmentation(model: CLIP, scenes: list[Scene], config: MaskCLIPConf
     return SegmentationResult(cm.matrix, list(CLASSES))
 
 
+# ---- free-text queries against the world's truth --------------------------------------------------
+
+IGNORE = 255  # pixels no query denotes
+
+
+def query_mask(scene: Scene, query: str) -> np.ndarray | None:
+    """Pixels a query denotes in a scene: a class ("zebra", "sky") or "COLOUR CATEGORY"; None if the world
+    cannot ground it."""
+    words = query.lower().split()
+    if len(words) == 1 and words[0] in CLASSES:
+        return scene.labels == CLASSES.index(words[0])
+    if len(words) == 2 and words[0] in COLOURS and words[1] in OBJECTS:
+        ids = [o.instance for o in scene.objects if o.colour == words[0] and o.category == words[1]]
+        return np.isin(scene.instances, ids)
+    return None
+
+
+def query_ground_truth(scene: Scene, queries: list[str]) -> tuple[np.ndarray, list[bool]]:
+    """Label map over `queries` (IGNORE where no query applies) and which queries are groundable.
+
+    When two queries cover a pixel (e.g. "zebra" and "red zebra"), the more specific one (more words) wins.
+    """
+    gt = np.full(scene.labels.shape, IGNORE, np.int64)
+    masks = [query_mask(scene, q) for q in queries]
+    for i in sorted(range(len(queries)), key=lambda j: len(queries[j].split())):
+        if masks[i] is not None:
+            gt[masks[i]] = i
+    return gt, [m is not None for m in masks]
+
+
+def recommended_settings(model: CLIP, variant: str) -> dict:
+    """What a bundled toy CLIP is best run with (its manifest's "recommended"): the toy-world base settings
+    at the model's input size, the variant measured best, and the caption-style templates."""
+    cfg = toy_config(model, **VARIANTS[variant])
+    fields = dict(TOY_BASE, **VARIANTS[variant])
+    if cfg.resize != "none":
+        fields.update(resize=cfg.resize, size=list(cfg.size))
+    return {**fields, "templates": list(TEMPLATES)}
+
+
 # ---- attribute queries ---------------------------------------------------------------------------
 
 def attribute_scenes(n: int, seed: int = 0, size: int = WORLD_SIZE) -> list[Scene]:

@@ -38,8 +38,9 @@ import torch.nn.functional as F
 
 from ..clip.model import CLIP, CLIPConfig
 from ..clip.tokenizer import tokenize
+from ..io.tensorfile import CheckedFileError, load_weights_only
 from .captions import TEMPLATES, article
-from .world import CLASSES, COLOURS, OBJECTS, STUFF, World, WorldConfig
+from .world import CLASSES, COLOURS, OBJECTS, World, WorldConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -230,7 +231,9 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_weights_only(ckpt_path, map_location=device)  # tensors and plain values only: runs no code
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "model" not in ckpt:
+            raise CheckedFileError(f"{ckpt_path}: not a toy-world training checkpoint; use a new --out or --no-resume")
         if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
             raise ValueError(f"{ckpt_path} was written by a different config; use a new --out or --no-resume")
         model.load_state_dict(ckpt["model"])

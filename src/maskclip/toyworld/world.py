@@ -13,9 +13,12 @@ Rendering is numpy only and deterministic: scene `i` of split `s` is a pure func
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from .captions import caption_for
+from .scene import ObjectInfo, Scene
 
 SKY_STUFF = ("sky", "wall")
 GROUND_STUFF = ("grass", "sand", "water")
@@ -29,6 +32,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 25),
     "white": (240, 240, 240),
 }
+# how the world's classes are drawn in pictures (maskclip.render.palette(k, first=CLASS_COLOURS))
+CLASS_COLOURS = ((135, 206, 250), (128, 128, 128), (34, 139, 34), (238, 214, 175), (25, 25, 160),
+                 (255, 0, 255), (255, 140, 0), (0, 200, 200), (220, 20, 60), (255, 255, 0))
 # colour-category pairs never rendered (so never captioned) in the training split
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("purple", "zebra"), ("yellow", "turtle"), ("orange", "fish"))
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -55,29 +61,6 @@ class WorldConfig:
 
 
 WORLD_SIZE = WorldConfig().size  # side of the rendered scenes every bundled model was trained on
-
-
-@dataclass
-class ObjectInfo:
-    category: str
-    colour: str
-    instance: int  # id in Scene.instances (1-based; 0 = stuff)
-    area: int  # pixels inside the frame before occlusion
-    visible: int  # pixels visible in the final image
-    captioned: bool = False  # visible enough to be named in the caption (MIN_VISIBLE, MIN_FRAME)
-
-
-@dataclass
-class Scene:
-    image: np.ndarray  # H x W x 3 uint8
-    labels: np.ndarray  # H x W int64, index into CLASSES
-    instances: np.ndarray  # H x W int64, 0 = stuff, k = objects[k-1]
-    objects: list[ObjectInfo]
-    stuff: tuple[str, ...]  # stuff classes present, top first
-    caption: str = ""
-    split: str = "train"
-    index: int = 0
-    meta: dict = field(default_factory=dict)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,8 +262,6 @@ class World:
         self.config = config or WorldConfig()
 
     def scene(self, index: int, split: str = "train", caption_rng: bool = True) -> Scene:
-        from .captions import caption_for
-
         config = self.config
         if split != "train" and not config.heldout:
             config = WorldConfig(**{**config.__dict__, "heldout": True})
@@ -303,8 +284,6 @@ class World:
         never has to learn the categories' textures; without stuff twins, the objects alone do, and the
         stuff classes get almost no gradient (a batch holds only a dozen stuff layouts).
         """
-        from .captions import caption_for
-
         base = self.scene(index, split)
         config = self.config
         rng = np.random.default_rng([self.seed, SPLITS[split], index, 1])

@@ -1,0 +1,66 @@
+"""The evaluation loop, free of files: images through a predictor into a ConfusionMatrix.
+
+Usable in memory (`evaluate_samples(predictor, samples, vocab)`); `runner.evaluate` adds resume,
+pictures and reports around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..vocab import Vocabulary
+from .corruptions import corrupt
+from .metrics import ConfusionMatrix
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """An ImageNet-C corruption applied to every image, seeded per image index."""
+
+    name: str
+    severity: int = 3
+    seed: int = 0
+
+    def __call__(self, image: np.ndarray, index: int) -> np.ndarray:
+        return corrupt(image, self.name, self.severity, seed=self.seed + index)
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One image done: its index, name, (corrupted) input, ground truth and predicted labels, seconds."""
+
+    index: int
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    seconds: float
+
+
+def predict_labels(predictor, image: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, float]:
+    """Label ids of one image and the seconds it took (encoder and decoder)."""
+    t0 = time.perf_counter()
+    predictor.set_image(image)
+    labels = predictor.predict(vocab, return_probs=False).labels
+    return labels, time.perf_counter() - t0
+
+
+def evaluate_samples(predictor, samples: Iterable[tuple[int, str, np.ndarray, np.ndarray]], vocab: Vocabulary,
+                     confusion: ConfusionMatrix | None = None, corruption: Corruption | None = None,
+                     on_image: Callable[[Evaluated], None] | None = None) -> ConfusionMatrix:
+    """Accumulate (index, name, image, label) samples' predictions into `confusion` (a new one if None)."""
+    cm = confusion if confusion is not None else ConfusionMatrix(len(vocab.classes))
+    for index, name, image, label in samples:
+        image = corruption(image, index) if corruption is not None else image
+        pred, seconds = predict_labels(predictor, image, vocab)
+        cm.update(pred, label)
+        if on_image is not None:
+            on_image(Evaluated(index, name, image, label, pred, seconds))
+    return cm
+
+
+__all__ = ["Corruption", "Evaluated", "evaluate_samples", "predict_labels"]

@@ -1,0 +1,54 @@
+"""Named inference settings for benchmarks: the authors' ("paper") and the later training-free papers'."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..dense.inference import MaskCLIPConfig
+
+# Datasets whose class 0 is a "background" made of stuff names (later papers' protocol).
+BACKGROUND_DATASETS = ("voc21", "context60", "coco-object")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """A named set of inference settings for a benchmark."""
+
+    name: str
+    config: MaskCLIPConfig
+    templates: str
+    bg_threshold: float | None
+
+
+def paper_size(dataset: str) -> tuple[int, int]:
+    """The authors' whole-image test scales: fit 520x520 (Pascal Context), 1024x512 (Cityscapes), else 512."""
+    if dataset.startswith("context"):
+        return (520, 520)
+    if dataset == "cityscapes":
+        return (1024, 512)
+    return (512, 512)
+
+
+def protocol(name: str, dataset: str, **overrides) -> EvalProtocol:
+    """'paper': the authors' configs (whole image, mmseg keep-ratio fit, ImageNet mean/std, 85 templates,
+    logit scale 100, no background threshold).
+    'later': SCLIP/ClearCLIP/NACLIP (short side 336, 560 for Cityscapes; 224 windows, stride 112;
+    CLIP mean/std; logit scale 40; background threshold 0.1 on VOC21, PC60 and COCO-Object).
+    'custom': MaskCLIPConfig defaults, to be overridden."""
+    if name == "paper":
+        cfg = MaskCLIPConfig(mode="whole", resize="fit", size=paper_size(dataset), normalize="imagenet",
+                             logit_scale=100.0)
+        p = EvalProtocol("paper", cfg, "85", None)
+    elif name == "later":
+        short = 560 if dataset == "cityscapes" else 336
+        cfg = MaskCLIPConfig(mode="slide", resize="short", size=(short, short), crop=224, stride=112,
+                             normalize="clip", logit_scale=40.0)
+        p = EvalProtocol("later", cfg, "85", 0.1 if dataset in BACKGROUND_DATASETS else None)
+    elif name == "custom":
+        p = EvalProtocol("custom", MaskCLIPConfig(), "85", None)
+    else:
+        raise ValueError(f"unknown protocol {name!r}; choose 'paper', 'later' or 'custom'")
+    return replace(p, **overrides) if overrides else p
+
+
+__all__ = ["BACKGROUND_DATASETS", "EvalProtocol", "paper_size", "protocol"]

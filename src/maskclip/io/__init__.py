@@ -1,0 +1,1 @@
+"""File plumbing shared by every command: atomic writes, safe reading of pickled archives."""

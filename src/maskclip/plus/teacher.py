@@ -1,0 +1,61 @@
+"""The frozen MaskCLIP teacher of MaskCLIP+: labels every augmented training crop on the fly.
+
+Its text classifier is also what the target network's frozen classifier is built from
+(`class_embeddings`), so student and teacher score the same class embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..dense.inference import MaskCLIP, normalize
+from ..dense.text import TextClassifier
+from ..normalization import pixel_mean_std
+
+
+class MaskCLIPTeacher:
+    """Frozen MaskCLIP as a training-crop labeller: crops normalised for the target network ->
+    class scores [B, K, H, W] at crop size (argmax = the pseudo label).
+
+    The crops are re-normalised for the CLIP when the two normalisations differ (e.g. the toy CLIP's
+    own statistics). Whole-image mode runs the batch in one encoder pass; slide mode goes image by image.
+    """
+
+    def __init__(self, engine: MaskCLIP, classifier: TextClassifier, mean: Sequence[float], std: Sequence[float]):
+        self.engine, self.classifier = engine, classifier
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        cm, cs = pixel_mean_std(engine.config.normalize)
+        self.renormalize = not (np.allclose(cm, mean) and np.allclose(cs, std))
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        eng = self.engine
+        x = x.float().to(eng.device)
+        if self.renormalize:
+            x = normalize(x * self.std.to(x.device) + self.mean.to(x.device), eng.config.normalize)
+        if eng.config.mode != "whole":
+            return eng.logits(x, self.classifier)
+        feats = eng.encode(x, normalized=True)  # whole mode: the batch is one window per image
+        out = 0
+        for sf in feats.scales:
+            s = eng.grid_scores(sf.feats, sf.keys, self.classifier)
+            th, tw = sf.size
+            s = F.interpolate(s, size=sf.padded, mode="bilinear", align_corners=False)[..., :th, :tw]
+            out = out + F.interpolate(s, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out / len(feats.scales)
+
+
+def class_embeddings(classifier: TextClassifier) -> torch.Tensor:
+    """One row per class for the target network: the mean of its names' (normalised) embeddings."""
+    emb = classifier.embeddings.float().cpu()
+    idx = classifier.class_of_name.cpu()
+    out = torch.zeros(classifier.num_classes, emb.shape[1]).index_add_(0, idx, emb)
+    return F.normalize(out, dim=-1)
+
+
+__all__ = ["MaskCLIPTeacher", "class_embeddings"]
