@@ -53,7 +53,7 @@ def naive_text(model, names: list[str], templates) -> torch.Tensor:
 @torch.no_grad()
 def naive_slide(model, image: torch.Tensor, clf: TextClassifier, crop: int, stride: int) -> torch.Tensor:
     """One window at a time; the last block computes q, k, v and the attention it then throws away."""
-    from maskclip.dense.inference import slide_windows
+    from maskclip.tiling import slide_windows
 
     v = model.visual
     h, w = image.shape[-2:]
@@ -102,9 +102,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     img = (rng.random((448, 672, 3)) * 255).astype(np.uint8)
     clf = TextClassifier(ref, torch.arange(len(names)), names)
-    engine = MaskCLIP(model, mode="slide", resize="none", crop=224, stride=112)
+    engine = MaskCLIP(model, mode="slide", resize="none", crop=224, step=112)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
-    from maskclip.dense.inference import normalize
+    from maskclip.dense.preprocess import normalize
 
     xn = normalize(x, "imagenet")
     t_ours, s_ours = timeit(lambda: engine.scale_scores(engine.encode(img).scales[0], clf))

@@ -55,7 +55,7 @@ def test_segment_writes_labels_overlay_json_and_reports_failures(tiny_ckpt, imag
         meta = json.loads((out / "labels" / f"{stem}.json").read_text())
         assert meta["classes"] == ["cat", "dog", "tree"] and len(meta["palette"]) == 3
         assert meta["model_sha256"] and len(meta["model_sha256"]) == 64
-        assert meta["settings"]["path"] == "authors" and meta["settings"]["normalize"] == "imagenet"
+        assert meta["settings"]["readout"] == "authors" and meta["settings"]["normalize"] == "imagenet"
         assert abs(sum(meta["pixel_fraction"].values()) - 1) < 1e-4
         assert meta["source"]["size"] == next(images.glob(f"{stem}.*")).stat().st_size
         ov = np.asarray(Image.open(out / "overlays" / f"{stem}.png"))

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from maskclip.dense import MaskCLIP, MaskCLIPConfig, MaskCLIPPredictor, build_text_classifier
 from maskclip.dense import features as features_mod
-from maskclip.dense.inference import _interp_matrix, resized_size, slide_windows
+from maskclip.tiling import interp_matrix as _interp_matrix
+from maskclip.tiling import resized_size, slide_windows
 from maskclip.dense.text import TextClassifier, encode_names, resolve_templates, templates_85
 
 
@@ -50,7 +51,7 @@ def _classifier(k: int, dim: int, seed: int = 0) -> TextClassifier:
 
 def test_decode_in_row_blocks_equals_full_resolution(tiny_vit):
     img = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
-    engine = MaskCLIP(tiny_vit, path="value-only", size=(64, 64), logit_scale=30.0)
+    engine = MaskCLIP(tiny_vit, readout="value-only", size=(64, 64), logit_scale=30.0)
     feats = engine.encode(img)
     clf = _classifier(4, 32)
     labels, probs = engine.decode(feats, clf)
@@ -67,26 +68,26 @@ def test_decode_in_row_blocks_equals_full_resolution(tiny_vit):
 
 def test_whole_mode_pads_to_patch_multiple_and_crops(tiny_vit):
     """A 40x50 input (not a multiple of 16) is padded to 48x64; logits are cropped back, not stretched."""
-    engine = MaskCLIP(tiny_vit, path="authors", resize="none", normalize="clip")
+    engine = MaskCLIP(tiny_vit, readout="authors", resize="none", normalize="clip")
     img = torch.rand(1, 3, 40, 50) * 255
     feats = engine.encode(img[0].permute(1, 2, 0).numpy().astype(np.uint8))
     sf = feats.scales[0]
-    assert sf.padded == (48, 64) and sf.feats.shape[-2:] == (3, 4)
+    assert sf.plan.padded == (48, 64) and sf.feats.shape[-2:] == (3, 4)
     assert engine.scale_scores(sf, _classifier(3, 32)).shape == (3, 40, 50)
 
 
 def test_slide_mode_averages_overlaps(tiny_vit):
     img = (np.random.default_rng(1).random((64, 96, 3)) * 255).astype(np.uint8)
-    engine = MaskCLIP(tiny_vit, path="value-only", mode="slide", crop=32, stride=16, resize="none", window_batch=3)
+    engine = MaskCLIP(tiny_vit, readout="value-only", mode="slide", crop=32, step=16, resize="none", window_batch=3)
     sf = engine.encode(img).scales[0]
-    assert len(sf.windows) == 3 * 5 and sf.feats.shape[0] == 15
+    assert len(sf.plan.windows) == 3 * 5 and sf.feats.shape[0] == 15
     clf = _classifier(3, 32)
     scores = engine.scale_scores(sf, clf)
     # reference: run each window alone and average by hand
     acc = torch.zeros(3, 64, 96)
     cnt = torch.zeros(1, 64, 96)
-    x = MaskCLIP(tiny_vit, path="value-only", resize="none")
-    for (y1, y2, x1, x2) in sf.windows:
+    x = MaskCLIP(tiny_vit, readout="value-only", resize="none")
+    for (y1, y2, x1, x2) in sf.plan.windows:
         s = x.scale_scores(x.encode(img[y1:y2, x1:x2]).scales[0], clf)
         acc[:, y1:y2, x1:x2] += s
         cnt[:, y1:y2, x1:x2] += 1
@@ -207,8 +208,12 @@ def test_text_classifier_disk_cache(tiny_vit, tmp_path, monkeypatch):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="path"):
-        MaskCLIPConfig(path="qk")
+    with pytest.raises(ValueError, match="readout"):
+        MaskCLIPConfig(readout="qk")
+    for bad in (dict(logit_scale=float("nan")), dict(logit_scale=0), dict(pd_threshold=1.5), dict(crop=0),
+                dict(step=-1), dict(size=(512, 0)), dict(window_batch=0), dict(scales=(224, 100000))):
+        with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+            MaskCLIPConfig(**bad)
     with pytest.raises(ValueError, match="normalize"):
         MaskCLIPConfig(normalize="coco")
 
@@ -228,7 +233,7 @@ def test_very_large_whole_image_is_encoded_in_bounded_windows(tiny_vit):
     img = (np.random.default_rng(7).random((200, 330, 3)) * 255).astype(np.uint8)
     engine = MaskCLIP(tiny_vit, resize="none", max_pixels=64 * 64)
     sf = engine.encode(img).scales[0]
-    assert len(sf.windows) > 1 and all(y2 - y1 <= 64 and x2 - x1 <= 64 for y1, y2, x1, x2 in sf.windows)
+    assert len(sf.plan.windows) > 1 and all(y2 - y1 <= 64 and x2 - x1 <= 64 for y1, y2, x1, x2 in sf.plan.windows)
     labels, probs = engine.decode(engine.encode(img), _classifier(3, 32), max_bytes=3 * 4 * 330 * 2 * 16)
     assert labels.shape == (200, 330) and probs.shape == (3, 200, 330)
     torch.testing.assert_close(probs.sum(0), torch.ones(200, 330))

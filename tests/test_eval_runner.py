@@ -106,7 +106,7 @@ def test_protocol_presets():
     assert protocol("paper", "cityscapes").config.size == (1024, 512)
     later = protocol("later", "voc21")
     assert later.config.mode == "slide" and later.config.size == (336, 336) and later.config.crop == 224
-    assert later.config.stride == 112 and later.config.logit_scale == 40 and later.bg_threshold == 0.1
+    assert later.config.step == 112 and later.config.logit_scale == 40 and later.bg_threshold == 0.1
     assert protocol("later", "cityscapes").config.size == (560, 560) and protocol("later", "ade150").bg_threshold is None
     with pytest.raises(ValueError, match="protocol"):
         protocol("fast", "voc21")

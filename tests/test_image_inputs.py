@@ -29,7 +29,9 @@ from maskclip.data.image_io import (
     scan_images,
 )
 from maskclip.dense import MaskCLIPPredictor
-from maskclip.dense.inference import NORMALIZATIONS, MaskCLIP, float_copy, normalize, normalize_, to_tensor
+from maskclip.dense.engine import MaskCLIP
+from maskclip.dense.preprocess import float_copy, normalize, normalize_, to_tensor
+from maskclip.normalization import NORMALIZATIONS
 
 
 def _pattern(h: int = 12, w: int = 10) -> np.ndarray:
@@ -256,7 +258,7 @@ def test_plus_predictor_takes_the_same_inputs():
     want = [sf.feats for sf in p.features]
     # reference: the previous code path (float copy normalised out of place, then resized)
     x = (to_tensor(img) - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
-    th, tw = p.features[0].size
+    th, tw = p.features[0].plan.size
     with torch.no_grad():
         ref = net.eval().features(F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False))
     assert torch.equal(want[0], ref)

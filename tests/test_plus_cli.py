@@ -18,7 +18,7 @@ from maskclip.clip.model import CLIP
 from maskclip.clip.weights import load_clip
 from maskclip.plus.teacher import MaskCLIPTeacher
 from maskclip.dense import MaskCLIP, MaskCLIPConfig, build_text_classifier
-from maskclip.dense.inference import normalize
+from maskclip.dense.preprocess import normalize
 from maskclip.normalization import pixel_mean_std
 from maskclip.plus.formats import load_checkpoint
 from maskclip.plus.models import load_target_model

@@ -187,7 +187,7 @@ def test_toy_config_resizes_scenes_to_a_models_input_size():
     assert (toy_config(rn).resize, toy_config(rn).size) == ("fit", (2 * WORLD_SIZE, 2 * WORLD_SIZE))
     assert toy_config(vit).resize == "none" and toy_config().resize == "none"
     assert toy_config(rn, resize="none").resize == "none"  # explicit overrides win
-    assert toy_config(rn, path="baseline").path == "baseline"
+    assert toy_config(rn, readout="baseline").readout == "baseline"
 
 
 def test_resnet_trainer_on_resized_scenes_learns(tmp_path):
@@ -327,7 +327,7 @@ def test_bundled_toy_clip_segments_heldout_scenes(name):
     assert r.miou > base.miou + 0.10, (r.miou, base.miou)
     if "output_stride" in VARIANTS[check["variant"]]:
         # the a trous read-out of the same weights is what puts it ahead (81.8 vs 71.2 on 200 scenes)
-        coarse = evaluate_segmentation(model, scenes, toy_config(model, path="value-only"))
+        coarse = evaluate_segmentation(model, scenes, toy_config(model, readout="value-only"))
         assert r.miou > coarse.miou + 0.05, (r.miou, coarse.miou)
         assert entry["best_paper_variant"] in variants_for(model, paper_only=True)
 

@@ -24,12 +24,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data.image_io import ImageReadError, read_image, write_png_atomic
+from .data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image, write_png_atomic
 from .dense.predictor import Prediction
 from .io.atomic import write_json
 from .io.layout import OutputLayout, output_names
 from .render import heatmap, overlay_with_legend, palette
+from .tiling import resized_size
 from .vocab import Vocabulary
+
+
+REDUCED_DECODE_PIXELS = 16_000_000  # ordinary photos are decoded in full, as the authors' pipeline does
 
 
 @dataclass
@@ -84,12 +88,14 @@ def is_finished(layout: OutputLayout, name: str, source: dict, key: str, heatmap
 
 
 def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Prediction, meta: dict,
-                  heatmaps: bool = False) -> dict:
-    """Label PNG, overlay, heat maps, then the sidecar (last: it marks the image done)."""
+                  heatmaps: bool = False, labels: np.ndarray | None = None) -> dict:
+    """Label PNG, overlay, heat maps, then the sidecar (last: it marks the image done). `pred` is at the
+    size of `image` (the pictures); `labels`, if given, the label map at the file's full size."""
     colors = palette(len(pred.classes))
-    labels = pred.labels
+    labels = pred.labels if labels is None else labels
     write_png_atomic(layout.label(name), labels, palette=colors if len(colors) <= 256 else None)
-    write_png_atomic(layout.overlay(name), overlay_with_legend(image, labels, pred.classes, colors, ignore_index=None))
+    write_png_atomic(layout.overlay(name), overlay_with_legend(image, pred.labels, pred.classes, colors,
+                                                               ignore_index=None))
     if heatmaps and pred.probs is not None:
         for i, cls in enumerate(pred.classes[: pred.probs.shape[0]]):
             write_png_atomic(layout.heatmaps(name) / f"{i:03d}_{_safe(cls)}.png", heatmap(image, pred.probs[i]))
@@ -112,9 +118,45 @@ def run_key(meta: dict, vocab: Vocabulary) -> str:
     return settings_key({**meta, **vocab.to_json()})
 
 
+@dataclass(frozen=True)
+class LabelOptions:
+    heatmaps: bool = False
+    resume: bool = True
+    progress: bool = True
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS
+    reduced_decode_pixels: int = REDUCED_DECODE_PIXELS  # larger JPEGs are decoded at reduced size
+
+
+def working_size(predictor, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The largest size the predictor resizes an image of `size` to (None: it keeps the image as it is)."""
+    cfg = predictor.config
+    if cfg.resize == "none":
+        return None
+    sizes = [cfg.size] if not cfg.scales else [(v, v) for v in cfg.scales]
+    return max((resized_size(*size, cfg.resize, s) for s in sizes), key=lambda t: t[0] * t[1])
+
+
+def read_input(path: Path, predictor, opts: LabelOptions) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image and its full size. A JPEG of more than `reduced_decode_pixels` is decoded at the smallest DCT
+    scale still at least the predictor's working size (up to 64x less memory; its labels are brought back to
+    the full size); ordinary photos are decoded in full, as the authors' pipeline does."""
+    size = image_size(path)
+    big = size[0] * size[1] > opts.reduced_decode_pixels
+    work = working_size(predictor, size) if big else None
+    return read_image(path, max_pixels=opts.max_image_pixels, reduce_to=work), size
+
+
+def full_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels of a reduced decode brought back to the file's size (nearest: each full-size pixel takes the
+    label of the reduced pixel it falls in)."""
+    h, w = labels.shape
+    if (h, w) == tuple(size):
+        return labels
+    return labels[(np.arange(size[0]) * h // size[0])][:, (np.arange(size[1]) * w // size[1])]
+
+
 def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: Vocabulary, meta: dict,
-                heatmaps: bool = False, resume: bool = True, progress: bool = True,
-                names: Sequence[str] | None = None) -> BatchReport:
+                opts: LabelOptions = LabelOptions(), names: Sequence[str] | None = None) -> BatchReport:
     """Segment `files` into `layout`. `meta` (model, settings) goes into every sidecar and keys resumption.
 
     `names`: output names (default `output_names(files)`; pass the whole collection's names when
@@ -122,24 +164,26 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
     """
     names = list(names) if names is not None else output_names(files)
     key = run_key(meta, vocab)
-    n_heat = len(vocab.names) if heatmaps else 0  # one heat map per scored class
+    n_heat = len(vocab.names) if opts.heatmaps else 0  # one heat map per scored class
     report = BatchReport()
-    bar = tqdm(list(zip(files, names)), desc="segment", unit="img", disable=not progress)
+    bar = tqdm(list(zip(files, names)), desc="segment", unit="img", disable=not opts.progress)
     for path, name in bar:
         try:
             source = source_id(path)
-            if resume and is_finished(layout, name, source, key, n_heat):
+            if opts.resume and is_finished(layout, name, source, key, n_heat):
                 report.skipped.append(str(path))
                 report.done_names.append(name)
                 continue
-            image = read_image(path)
+            image, size = read_input(path, predictor, opts)
             t0 = time.perf_counter()
             predictor.set_image(image)
-            pred = predictor.predict([list(c) for c in vocab.classes], background=list(vocab.background) or None,
-                                     threshold=vocab.threshold, return_probs=heatmaps)
+            pred = predictor.predict(vocab, return_probs=opts.heatmaps)
+            labels = full_size(pred.labels, size)
             seconds = time.perf_counter() - t0
-            write_outputs(layout, name, image, pred, {**meta, "image": str(path), "source": source,
-                                                      "settings_key": key, "seconds": round(seconds, 4)}, heatmaps)
+            extra = {"decoded_size": list(image.shape[:2])} if labels.shape != image.shape[:2] else {}
+            write_outputs(layout, name, image, pred, {**meta, "image": str(path), "source": source, **extra,
+                                                      "settings_key": key, "seconds": round(seconds, 4)},
+                          opts.heatmaps, labels)
             report.written.append(str(path))
             report.done_names.append(name)
         except (ImageReadError, OSError, ValueError) as err:
@@ -148,5 +192,5 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
     return report
 
 
-__all__ = ["BatchReport", "decodes", "is_finished", "label_files", "output_names", "run_key", "settings_key",
-           "source_id", "write_outputs"]
+__all__ = ["BatchReport", "LabelOptions", "decodes", "full_size", "is_finished", "label_files", "output_names",
+           "read_input", "run_key", "settings_key", "source_id", "write_outputs"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .clip.weights import WeightsInfo, load_weights, random_weights
-from .dense.inference import MaskCLIPConfig
+from .dense.config import MaskCLIPConfig
 from .dense.predictor import MaskCLIPPredictor, Prediction
 from .device import default_device, resolve_device
 from .plus.predictor import PlusPredictor, is_plus_checkpoint

@@ -91,7 +91,7 @@ def run(args) -> int:
 
 def _print_results(args, config, scenes, out: Path, queries: list[str], known: list[bool], per_class) -> None:
     print("panels: image | ground truth (black: no query applies) | prediction")
-    print(f"model {args.model}, {config.path}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}"
+    print(f"model {args.model}, {config.readout}{' +KS' if config.ks else ''}{' +PD' if config.pd else ''}"
           f"{f' +OS{config.output_stride}' if config.output_stride else ''}, "
           f"{len(scenes)} held-out scenes, panels in {out}/")
     for i, s in enumerate(scenes[:3]):

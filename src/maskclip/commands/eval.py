@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import SettingsError
 from ..eval.report import pct
 from ..io.layout import check_out_dir
-from .common import (add_maskclip_options, add_model_options, bounded_int, config_overrides, fraction,
-                     resolve_device, settings_dict, templates_from_arg, unset_maskclip_defaults)
+from ..dense.config import settings_dict
+from .common import (add_maskclip_options, add_model_options, bounded_int, fraction, overrides_from_args,
+                     resolve_device, templates_from_arg)
 
 EPILOG = """protocols (each MaskCLIP option given on the command line overrides the preset):
   paper  the authors' configs: whole image resized to fit 520x520 (Pascal Context), 1024x512 (Cityscapes)
@@ -48,8 +48,9 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--classes", default=None,
                    help="for --dataset folder: class names ('a,b,c') or a class file, in label-id order")
-    p.add_argument("--protocol", choices=["paper", "later", "custom"], default="paper",
-                   help="inference preset (see below); default paper")
+    p.add_argument("--protocol", choices=["paper", "later", "custom"], default=None,
+                   help="inference preset (see below); default: paper, or a bundled toy CLIP's recommended "
+                        "settings")
     p.add_argument("--limit", type=bounded_int(1, 10 ** 9), default=None,
                    help="only the first N images (quick runs; a different N starts the evaluation over)")
     p.add_argument("--bg-threshold", type=fraction, default=None,
@@ -64,14 +65,12 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(p)
     add_maskclip_options(p)
-    unset_maskclip_defaults(p)
 
 
 def prepare(args: argparse.Namespace):
     """Dataset, predictor, protocol and settings for eval and robustness; every option is checked before
     the model loads (SettingsError)."""
     from ..data.datasets import DatasetError, canonical_dataset_name, open_dataset
-    from ..eval.protocols import protocol
     from ..predict import load_predictor, predictor_identity
 
     try:
@@ -82,13 +81,10 @@ def prepare(args: argparse.Namespace):
         dataset = open_dataset(name, args.root, args.split, **extra)
     except (DatasetError, ValueError, FileNotFoundError) as err:
         raise SettingsError(f"--dataset {args.dataset}: {err}") from None
-    proto = protocol(args.protocol, name)
-    try:
-        config = replace(proto.config, **config_overrides(args))
-    except ValueError as err:
-        raise SettingsError(str(err)) from None
-    templates = templates_from_arg(args.templates) if args.templates else proto.templates
-    bg = args.bg_threshold if args.bg_threshold is not None else proto.bg_threshold
+    proto = _protocol(args, name)
+    overrides = overrides_from_args(args)
+    templates = templates_from_arg(args.templates) or (proto.templates if proto else None)
+    bg = args.bg_threshold if args.bg_threshold is not None else (proto.bg_threshold if proto else None)
     if bg is not None and not dataset.class_names[0].lower().startswith("background"):
         raise SettingsError(f"--bg-threshold needs a dataset whose class 0 is background; {dataset.name} starts "
                             f"with {dataset.class_names[0]!r}")
@@ -96,13 +92,26 @@ def prepare(args: argparse.Namespace):
     device = resolve_device(args.device)
     if args.out is not None:
         check_out_dir(args.out)
-    predictor = load_predictor(args.weights or args.model, device=device, templates=templates, config=config,
-                               quick_gelu=not args.gelu, random_init=args.random_weights)
+    predictor = load_predictor(args.weights or args.model, device=device, templates=templates,
+                               config=proto.config if proto else None, overrides=overrides, quick_gelu=not args.gelu,
+                               random_init=args.random_weights)
     ident = predictor_identity(predictor)
-    settings = {"model": ident["model"] or args.weights or args.model, "model_sha256": ident["model_sha256"],
-                "kind": ident["kind"], "protocol": proto.name, "config": settings_dict(config),
-                "templates": templates if isinstance(templates, str) else list(templates), "split": args.split}
+    tmpl = getattr(predictor, "templates", templates)
+    settings = {**ident, "protocol": proto.name if proto else "model", "config": settings_dict(predictor.config),
+                "templates": tmpl if isinstance(tmpl, str) else list(tmpl), "split": args.split}
     return dataset, predictor, settings, bg, unseen
+
+
+def _protocol(args: argparse.Namespace, dataset: str):
+    """The --protocol preset; without one, a bundled toy CLIP's own settings (None), else the paper's."""
+    from ..clip.weights import bundled_models
+    from ..eval.protocols import protocol
+
+    if args.protocol is None:
+        entry = bundled_models().get(args.weights or args.model)
+        if entry is not None and entry.recommended and not args.random_weights:
+            return None
+    return protocol(args.protocol or "paper", dataset)
 
 
 def _unseen_ids(text: str | None, dataset) -> list[int] | None:
@@ -122,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.runner import EvalJob, evaluate
 
     dataset, predictor, settings, bg, unseen = prepare(args)
-    tag = f"{dataset.name}-{args.protocol}" + (f"-{args.corruption}{args.severity}" if args.corruption else "")
+    tag = f"{dataset.name}-{settings['protocol']}" + (f"-{args.corruption}{args.severity}" if args.corruption else "")
     out = args.out or Path("runs") / "eval" / tag
     corruption = Corruption(args.corruption, args.severity, args.seed) if args.corruption else None
     report = evaluate(predictor, dataset, out, EvalJob(settings, bg, corruption, args.limit, args.save_vis,

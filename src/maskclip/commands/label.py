@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_maskclip_options, add_model_options, add_vocabulary_options
+from .common import add_image_options, add_maskclip_options, add_model_options, add_vocabulary_options
 
 EPILOG = """examples:
   maskclip label images/ --classes context59 --out pseudo/            (a packaged class list by name)
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", action="store_true", help="also write per-class heat maps")
     p.add_argument("--no-resume", action="store_true", help="recompute images already labelled")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_image_options(p)
     add_vocabulary_options(p)
     add_model_options(p)
     add_maskclip_options(p)
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotate import decodes, label_files
+    from ..annotate import LabelOptions, decodes, label_files
     from ..io.label_index import write_label_index
     from .segment import prepare, summary
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     i, n = args.shard
     mine = list(range(i, len(job.files), n))  # names come from the whole collection, so shards agree
     report = label_files(predictor, [job.files[j] for j in mine], job.layout, job.vocab, meta,
-                         heatmaps=args.heatmaps, resume=not args.no_resume, progress=not args.quiet,
+                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels),
                          names=[job.names[j] for j in mine])
     done = set(report.done_names)
     lay = job.layout

@@ -8,18 +8,18 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from ..annotate import label_files
+from ..annotate import LabelOptions, label_files
 from ..clip.tokenizer import CONTEXT_LENGTH
 from ..data.image_io import scan_images
-from ..dense.inference import MaskCLIPConfig
+from ..dense.config import settings_dict
 from ..dense.predictor import MaskCLIPPredictor
 from ..dense.text import resolve_templates
 from ..errors import SettingsError
 from ..io.layout import OutputLayout, check_no_overwrite, check_out_dir, output_names
 from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
 from ..vocab import Vocabulary, parse_classes, parse_vocabulary
-from .common import (add_maskclip_options, add_model_options, add_vocabulary_options, config_from_args,
-                     resolve_device, settings_dict, templates_from_arg)
+from .common import (add_image_options, add_maskclip_options, add_model_options, add_vocabulary_options,
+                     overrides_from_args, resolve_device, templates_from_arg)
 
 EPILOG = """examples:
   maskclip segment photo.jpg --classes "cat,dog" --out masks/
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="recompute images whose outputs already exist with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_image_options(p)
     add_vocabulary_options(p)
     add_model_options(p)
     add_maskclip_options(p)
@@ -72,16 +73,16 @@ class Job:
     names: list[str]
     skipped: list[tuple[Path, str]]
     layout: OutputLayout
-    config: MaskCLIPConfig
-    templates: str | list[str]
+    overrides: dict  # the MaskCLIP settings the user gave (over the model's recommended ones)
+    templates: str | list[str] | None
 
 
 def plan(args: argparse.Namespace) -> Job:
     """Every option and input checked once, before the model loads or any image is read (SettingsError)."""
     vocab = parse_vocabulary(args.classes, args.background, args.threshold, warn=warn)
-    config = config_from_args(args)
+    overrides = overrides_from_args(args)
     templates = templates_from_arg(args.templates)
-    vocab.check_prompts(resolve_templates(templates), CONTEXT_LENGTH)
+    vocab.check_prompts(resolve_templates(templates or "85"), CONTEXT_LENGTH)
     resolve_device(args.device)
     layout = OutputLayout(check_out_dir(args.out))
     try:
@@ -92,24 +93,24 @@ def plan(args: argparse.Namespace) -> Job:
     check_no_overwrite(files, layout, names)
     for path, why in skipped:
         warn(f"skipped {path}: {why}")
-    return Job(vocab, files, names, skipped, layout, config, templates)
+    return Job(vocab, files, names, skipped, layout, overrides, templates)
 
 
 def prepare(args: argparse.Namespace):
     """Shared by segment and label: the checked job, the predictor and the metadata every sidecar carries."""
     job = plan(args)
-    predictor = predictor_from_args(args, job.config, job.templates)
+    predictor = predictor_from_args(args, job.overrides, job.templates)
     if isinstance(predictor, MaskCLIPPredictor):  # the real context (toy CLIPs have a shorter one than 77)
-        job.vocab.check_prompts(resolve_templates(job.templates), predictor.model.context_length)
+        job.vocab.check_prompts(resolve_templates(predictor.templates), predictor.model.context_length)
     ident = predictor_identity(predictor)
-    meta = {"model": ident["model"] or args.model, "model_sha256": ident["model_sha256"],
-            "settings": settings_dict(job.config), "templates": args.templates}
-    if ident["kind"] == "maskclip+":  # new names are embedded with the checkpoint's templates, not --templates
-        meta.update(kind="maskclip+", templates=predictor.templates)
+    # what the run really uses: the model's recommended settings with the user's over them; a MaskCLIP+
+    # network embeds new names with its checkpoint's templates
+    meta = {"model": ident["model"], "model_sha256": ident["model_sha256"], "kind": ident["kind"],
+            "settings": settings_dict(predictor.config), "templates": predictor.templates}
     return job, predictor, meta
 
 
-def predictor_from_args(args: argparse.Namespace, config, templates):
+def predictor_from_args(args: argparse.Namespace, overrides: dict, templates: str | list[str] | None):
     """MaskCLIP for a CLIP --model/--weights; MaskCLIP+ when --model is a checkpoint written by `maskclip train`
     (then --weights, if given, is the CLIP whose text encoder embeds new class names)."""
     device = resolve_device(args.device)
@@ -117,16 +118,17 @@ def predictor_from_args(args: argparse.Namespace, config, templates):
     if args.random_weights and not plus:
         warn(f"--random-weights: {args.model} with RANDOM weights; the labels mean nothing")
     if plus:
-        return load_predictor(args.model, device, templates, config, quick_gelu=not args.gelu,
+        return load_predictor(args.model, device, templates, overrides=overrides, quick_gelu=not args.gelu,
                               clip_weights=args.weights)
-    return load_predictor(args.weights or args.model, device, templates, config, quick_gelu=not args.gelu,
-                          random_init=args.random_weights)
+    return load_predictor(args.weights or args.model, device, templates, overrides=overrides,
+                          quick_gelu=not args.gelu, random_init=args.random_weights)
 
 
 def run(args: argparse.Namespace) -> int:
     job, predictor, meta = prepare(args)
-    report = label_files(predictor, job.files, job.layout, job.vocab, meta, heatmaps=args.heatmaps,
-                         resume=not args.no_resume, progress=not args.quiet, names=job.names)
+    report = label_files(predictor, job.files, job.layout, job.vocab, meta,
+                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels),
+                         names=job.names)
     print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0
 

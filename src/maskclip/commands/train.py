@@ -19,7 +19,7 @@ from ..errors import SettingsError
 from ..plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskclip_plus
 from ..plus.config import PlusTrainConfig
 from ..plus.models import MODEL_NAMES
-from .common import add_maskclip_options, add_model_options, config_from_args, resolve_device, templates_from_arg
+from .common import add_maskclip_options, add_model_options, overrides_from_args, resolve_device, templates_from_arg
 
 EPILOG = """examples:
   # annotation-free (paper: VOC 2k iterations, batch 16, 512x512 crops), MaskCLIP ViT-B/16 teacher
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(annotation-free) or on seen-class ground truth plus MaskCLIP labels of the "
                                    "unseen classes (transductive zero-shot). Defaults are the paper's.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       conflict_handler="resolve")
+)
     g = p.add_argument_group("data (either --images [--labels] or --dataset --root)")
     g.add_argument("--images", type=Path, metavar="DIR", help="folder of training images")
     g.add_argument("--labels", type=Path, metavar="DIR",
@@ -170,19 +170,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    add_model_options(p)
-    add_maskclip_options(p)
-    # --mode is the training mode here: added after the shared MaskCLIP options so that the parser's
-    # "resolve" conflict handler drops their --mode (whole/slide), which becomes --teacher-mode
     mode_group.add_argument(
         "--mode", choices=["annotation-free", "zero-shot"], default="annotation-free",
         help="annotation-free: MaskCLIP labels every pixel, no ground truth used; zero-shot (transductive): "
              "ground truth for the seen classes, MaskCLIP labels among the --unseen classes on the pixels "
              "without ground truth (default: annotation-free)")
-    teacher = [gr for gr in p._action_groups if gr.title and gr.title.startswith("MaskCLIP")]
-    (teacher[0] if teacher else p).add_argument(
-        "--teacher-mode", choices=["whole", "slide"], default="whole",
-        help="the teacher's inference on each crop: whole crop in one pass (default) or sliding windows")
+    add_model_options(p)
+    # the teacher's MaskCLIP settings; its whole/slide --mode is --teacher-mode here
+    add_maskclip_options(p, flags={"mode": "--teacher-mode"}, prefix="teacher_")
     p.set_defaults(func=run)
 
 
@@ -194,9 +189,8 @@ def job_from_args(args: argparse.Namespace) -> PlusJob:
     """The options as a PlusJob (settings errors are SettingsErrors: one line, exit 2)."""
     data = PlusData(args.classes, args.images, args.labels, args.recursive, args.dataset, args.root, args.split,
                     args.ignore_index, args.unlabeled_id, args.pseudo_dir)
-    config = config_from_args(argparse.Namespace(**{**vars(args), "mode": args.teacher_mode}))
-    teacher = TeacherSpec(args.weights or args.model, config, templates_from_arg(args.templates), args.random_weights,
-                          not args.gelu)
+    teacher = TeacherSpec(args.weights or args.model, None, templates_from_arg(args.teacher_templates),
+                          args.random_weights, not args.gelu, overrides_from_args(args, "teacher_"))
     target = TargetSpec(args.target, None if args.pretrained.lower() == "none" else args.pretrained,
                         args.output_stride, args.width, args.head_channels)
     schedule = PlusTrainConfig(

@@ -1,6 +1,6 @@
 """Dense, text-aligned features from a frozen CLIP image encoder (paper section 3.3).
 
-Three ways to read the last layer:
+Three read-outs of the last layer:
 
 - ``authors``: what the authors' code does. ViT: in the last block the attention is skipped and the
   value path is kept, v = out_proj(V(ln_1(x))); v = v + x; v = v + mlp(ln_2(v)), then ln_post and the
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from ..errors import SettingsError
 from ..clip.model import CLIP, Bottleneck, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
 
-Path = Literal["authors", "value-only", "baseline"]
-PATHS: tuple[str, ...] = ("authors", "value-only", "baseline")
+ReadOut = Literal["authors", "value-only", "baseline"]
+READOUTS: tuple[str, ...] = ("authors", "value-only", "baseline")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _linear_slice(x: torch.Tensor, block: ResidualAttentionBlock, which: int) ->
     return F.linear(x, w, b)
 
 
-def vit_dense(visual: VisionTransformer, images: torch.Tensor, path: Path = "authors",
+def vit_dense(visual: VisionTransformer, images: torch.Tensor, readout: ReadOut = "authors",
               keys: bool = False) -> DenseFeatures:
     x, grid = visual.tokens(images)
     blocks = visual.transformer.resblocks
@@ -77,17 +77,17 @@ def vit_dense(visual: VisionTransformer, images: torch.Tensor, path: Path = "aut
         x = block(x)
     last: ResidualAttentionBlock = blocks[-1]
     k = None
-    if path == "baseline":
+    if readout == "baseline":
         y = last(x)
         out = visual.ln_post(y[:, 1:]) @ visual.proj
     else:
         h = last.ln_1(x[:, 1:])
         v = last.attn.out_proj(_linear_slice(h, last, 2))
-        if path == "authors":
+        if readout == "authors":
             v = v + x[:, 1:]
             v = v + last.mlp(last.ln_2(v))
-        elif path != "value-only":
-            raise ValueError(f"unknown dense path {path!r}; choose from {PATHS}")
+        elif readout != "value-only":
+            raise ValueError(f"unknown read-out {readout!r}; choose from {READOUTS}")
         out = visual.ln_post(v) @ visual.proj
     if keys:
         h = last.ln_1(x[:, 1:])
@@ -150,13 +150,13 @@ def resnet_features(visual: ModifiedResNet, images: torch.Tensor, output_stride:
     return x[..., : h // output_stride, : w // output_stride]
 
 
-def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, path: Path = "authors",
+def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, readout: ReadOut = "authors",
                  keys: bool = False, output_stride: int = 32) -> DenseFeatures:
     x = resnet_features(visual, images, output_stride)  # N, C, h, w
     pool = visual.attnpool
     n, c, h, w = x.shape
     tokens = x.flatten(2).transpose(1, 2)  # N, hw, C
-    if path == "baseline":
+    if readout == "baseline":
         # every position queries the (position-embedded) tokens, as the unmodified pool would
         t = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         pos = pool.positional_embedding.to(t.dtype)
@@ -166,15 +166,15 @@ def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, path: Path = "aut
         q, kk, v = split(pool.q_proj(t)), split(pool.k_proj(t)), split(pool.v_proj(t))
         out = F.scaled_dot_product_attention(q, kk, v).transpose(1, 2).reshape(n, -1, c)
         out = pool.c_proj(out[:, 1:])
-    elif path in ("authors", "value-only"):
+    elif readout in ("authors", "value-only"):
         out = pool.c_proj(pool.v_proj(tokens))
     else:
-        raise ValueError(f"unknown dense path {path!r}; choose from {PATHS}")
+        raise ValueError(f"unknown read-out {readout!r}; choose from {READOUTS}")
     k = _to_map(pool.k_proj(tokens), (h, w)) if keys else None
     return DenseFeatures(_to_map(out, (h, w)), k)
 
 
-def dense_features(model: CLIP, images: torch.Tensor, path: Path = "authors", keys: bool = False,
+def dense_features(model: CLIP, images: torch.Tensor, readout: ReadOut = "authors", keys: bool = False,
                    output_stride: int | None = None) -> DenseFeatures:
     """Dense features of normalised images [B, 3, H, W]; H and W should be multiples of `stride_of(model)`.
 
@@ -183,5 +183,5 @@ def dense_features(model: CLIP, images: torch.Tensor, path: Path = "authors", ke
     check_output_stride(model, output_stride)
     images = images.to(model.dtype)
     if isinstance(model.visual, VisionTransformer):
-        return vit_dense(model.visual, images, path, keys)
-    return resnet_dense(model.visual, images, path, keys, output_stride or 32)
+        return vit_dense(model.visual, images, readout, keys)
+    return resnet_dense(model.visual, images, readout, keys, output_stride or 32)

@@ -14,10 +14,11 @@ from ..clip.model import CLIP
 from ..clip.weights import WeightsInfo, load_weights
 from ..data.image_inputs import as_rgb_uint8
 from ..device import resolve_device
-from .inference import ImageFeatures, MaskCLIP, MaskCLIPConfig
+from .config import MaskCLIPConfig
+from .engine import ImageFeatures, MaskCLIP
 from ..io.cache import TextCache
 from ..vocab import BACKGROUND, UNKNOWN, Vocabulary  # noqa: F401 - BACKGROUND, UNKNOWN re-exported
-from .text import TextClassifier, build_text_classifier, normalize_classes
+from .text import TextClassifier, build_text_classifier
 
 
 
@@ -94,11 +95,12 @@ class MaskCLIPPredictor:
         self.features = None  # a refused image leaves no stale features behind
         self.features = self.engine.encode(as_rgb_uint8(image, value_range))
 
-    def classifier(self, classes: list[str | list[str]]) -> TextClassifier:
-        key = tuple(tuple(c) for c in normalize_classes(classes))
+    def classifier(self, classes: list[str | list[str]] | Vocabulary) -> TextClassifier:
+        """The text classifier of the scored classes (kept per vocabulary: asking again costs nothing)."""
+        vocab = Vocabulary.of(classes)
+        key = tuple(tuple(c) for c in vocab.scored)
         if key not in self._classifiers:
-            self._classifiers[key] = build_text_classifier(self.model, [list(c) for c in key], self.templates,
-                                                           cache=self.text_cache)
+            self._classifiers[key] = build_text_classifier(self.model, vocab, self.templates, cache=self.text_cache)
         return self._classifiers[key]
 
     def predict(self, classes: list[str | list[str]] | Vocabulary, background: list[str] | None = None,
@@ -112,7 +114,7 @@ class MaskCLIPPredictor:
         if self.features is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
         vocab = Vocabulary.of(classes, background, threshold)
-        clf = self.classifier(vocab.scored)
+        clf = self.classifier(vocab)
         need_probs = return_probs or vocab.threshold is not None
         labels, probs = self.engine.decode(self.features, clf, return_probs=need_probs)
         return finish_prediction(labels, probs, vocab, return_probs)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..clip.model import CLIP
 from ..clip.tokenizer import PromptTooLongError, tokenize
 from ..io.cache import TextCache
+from ..vocab import Vocabulary
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -40,26 +41,6 @@ def resolve_templates(templates: str | list[str] | tuple[str, ...]) -> tuple[str
     if bad or not templates:
         raise ValueError(f"templates must each contain '{{}}' for the class name; got {bad or 'an empty list'}")
     return tuple(templates)
-
-
-def normalize_classes(classes: list[str | list[str]] | tuple) -> list[list[str]]:
-    """Each class as a non-empty list of names; rejects empty lists and duplicate classes."""
-    out: list[list[str]] = []
-    for c in classes:
-        names = [c] if isinstance(c, str) else list(c)
-        names = [n.strip() for n in names if n and n.strip()]
-        if not names:
-            raise ValueError(f"class {c!r} has no name")
-        out.append(names)
-    if not out:
-        raise ValueError("the class list is empty: give at least one class name")
-    seen: dict[str, int] = {}
-    for i, names in enumerate(out):
-        key = names[0].lower()
-        if key in seen:
-            raise ValueError(f"duplicate class {names[0]!r} (classes {seen[key]} and {i}); each class once")
-        seen[key] = i
-    return out
 
 
 @dataclass
@@ -115,14 +96,15 @@ def encode_names(model: CLIP, names: list[str], templates: tuple[str, ...], batc
     return F.normalize(feats, dim=-1)
 
 
-def build_text_classifier(model: CLIP, classes: list[str | list[str]], templates: str | list[str] = "85",
+def build_text_classifier(model: CLIP, classes: list[str | list[str]] | Vocabulary, templates: str | list[str] = "85",
                           cache: TextCache | None = None) -> TextClassifier:
-    """Text classifier for `classes` (each a name or a list of synonyms).
+    """Text classifier for `classes` (each a name or a list of synonyms; a Vocabulary: its scored classes,
+    the background group last).
 
     With a `cache` (maskclip.io.cache.TextCache of the model's weights) the embeddings are read from and
     written to disk per (weights, names, templates); without one nothing touches the disk.
     """
-    classes = normalize_classes(classes)
+    classes = Vocabulary.of(classes).scored
     tmpl = resolve_templates(templates)
     names = [n for c in classes for n in c]
     class_of_name = torch.tensor([i for i, c in enumerate(classes) for _ in c])

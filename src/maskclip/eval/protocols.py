@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..dense.inference import MaskCLIPConfig
+from ..dense.config import MaskCLIPConfig
 
 # Datasets whose class 0 is a "background" made of stuff names (later papers' protocol).
 BACKGROUND_DATASETS = ("voc21", "context60", "coco-object")
@@ -41,7 +41,7 @@ def protocol(name: str, dataset: str, **overrides) -> EvalProtocol:
         p = EvalProtocol("paper", cfg, "85", None)
     elif name == "later":
         short = 560 if dataset == "cityscapes" else 336
-        cfg = MaskCLIPConfig(mode="slide", resize="short", size=(short, short), crop=224, stride=112,
+        cfg = MaskCLIPConfig(mode="slide", resize="short", size=(short, short), crop=224, step=112,
                              normalize="clip", logit_scale=40.0)
         p = EvalProtocol("later", cfg, "85", 0.1 if dataset in BACKGROUND_DATASETS else None)
     elif name == "custom":

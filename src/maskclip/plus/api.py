@@ -20,7 +20,8 @@ import torch
 from ..clip.weights import WeightsInfo, load_weights, random_weights
 from ..data.datasets import DatasetError, open_dataset
 from ..data.image_io import list_images
-from ..dense.inference import MaskCLIP, MaskCLIPConfig
+from ..dense.config import MaskCLIPConfig
+from ..dense.engine import MaskCLIP
 from ..dense.text import build_text_classifier, resolve_templates
 from ..errors import SettingsError
 from ..io.atomic import dumps_json, write_text
@@ -52,13 +53,23 @@ class PlusData:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """The frozen CLIP (teacher and text encoder of the network's classifier) and its MaskCLIP settings."""
+    """The frozen CLIP (teacher and text encoder of the network's classifier) and its MaskCLIP settings:
+    `config` (default: the CLIP's recommended settings, else MaskCLIPConfig's) with `overrides` over it;
+    `templates` (default: the CLIP's recommended ones, else the paper's 85)."""
 
     clip: str = "ViT-B/16"
-    config: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
-    templates: str | list[str] = "85"
+    config: MaskCLIPConfig | None = None
+    templates: str | list[str] | None = None
     random_init: bool = False
     quick_gelu: bool = True
+    overrides: dict = field(default_factory=dict)
+
+    def settings(self, info: WeightsInfo) -> tuple[MaskCLIPConfig, str | list[str]]:
+        rec = dict(info.recommended)
+        templates = self.templates or rec.pop("templates", None) or "85"
+        rec.pop("templates", None)
+        base = self.config if self.config is not None else MaskCLIPConfig(**rec)
+        return replace(base, **self.overrides), templates
 
 
 @dataclass(frozen=True)
@@ -211,7 +222,6 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
         if data.has_labels() and is_main:
             print("[maskclip+] annotation-free: the ground truth given is not used", file=sys.stderr)
         data.labels = data.label_reader = None
-    tmpl = list(resolve_templates(job.teacher.templates))
     t = job.target
     record = {"classes": names, "class_names": classes, "mode": job.train.mode, "unseen": [names[i] for i in unseen],
               "target": t.name, "width": t.width, "output_stride": t.output_stride, "head_channels": t.head_channels,
@@ -226,7 +236,9 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
                                                         if torch.cuda.is_available() else torch.device("cpu"))
     cfg = replace(cfg, device=str(dev))
     clip, info = _load_teacher_clip(job.teacher, dev)
-    text = build_text_classifier(clip, classes, job.teacher.templates)
+    config, templates = job.teacher.settings(info)
+    tmpl = list(resolve_templates(templates))
+    text = build_text_classifier(clip, classes, templates)
     torch.manual_seed(cfg.seed)
     try:
         model = build_target_model(t.name, clip.embed_dim, class_embeddings(text), t.pretrained,
@@ -237,13 +249,13 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
     teacher = None
     uses_files = job.data.pseudo_dir is not None
     if job.use_teacher and not uses_files:
-        teacher = MaskCLIPTeacher(MaskCLIP(clip, job.teacher.config), text.to(dev), cfg.mean, cfg.std)
+        teacher = MaskCLIPTeacher(MaskCLIP(clip, config), text.to(dev), cfg.mean, cfg.std)
     elif not job.use_teacher:
         data.pseudo = None
     model.meta.update(
         classes=names, class_names=classes, templates=tmpl, mean=list(cfg.mean), std=list(cfg.std),
         clip=_clip_meta(info, job.teacher), mode=cfg.mode, unseen=[names[i] for i in unseen], unseen_ids=unseen,
-        teacher={"settings": asdict(job.teacher.config), "templates": job.teacher.templates} if teacher else None)
+        teacher={"settings": asdict(config), "templates": templates} if teacher else None)
     if is_main:
         write_text(Path(cfg.out_dir) / "run.json", dumps_json({**record, "train_config": asdict(cfg),
                                                                "meta": model.meta}, indent=1))

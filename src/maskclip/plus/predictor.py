@@ -14,7 +14,6 @@ logit scale) do not apply.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,14 @@ from ..clip.download import file_sha256
 from ..clip.model import CLIP
 from ..clip.weights import WeightsError, WeightsInfo, load_weights, random_weights
 from ..data.image_inputs import as_rgb_uint8
-from ..dense.inference import MaskCLIPConfig, float_copy, image_view, resized_size, slide_windows
+from ..dense.config import MaskCLIPConfig
+from ..dense.preprocess import float_copy, image_view
+from ..dense.engine import autocast, label_dtype
+from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
 from ..device import resolve_device
 from ..io.cache import TextCache
 from ..dense.predictor import Prediction, finish_prediction
-from ..dense.text import TextClassifier, build_text_classifier, normalize_classes
+from ..dense.text import TextClassifier, build_text_classifier
 from ..vocab import Vocabulary
 from ..normalization import pixel_mean_std
 from .formats import PlusFormatError, is_plus_file
@@ -50,8 +52,7 @@ def is_plus_checkpoint(path: str | Path) -> bool:
 @dataclass
 class _ScaleFeatures:
     feats: torch.Tensor  # [N_windows, C, h, w] head embeddings
-    windows: list[tuple[int, int, int, int]]  # (y1, y2, x1, x2) in the resized image
-    size: tuple[int, int]  # resized image (H', W')
+    plan: WindowPlan  # the windows in the resized image
 
 
 class PlusPredictor:
@@ -140,9 +141,10 @@ class PlusPredictor:
                                f"was trained against {want}; pass the right weights with --weights PATH")
         return model, info
 
-    def classifier(self, classes: list[str | list[str]]) -> TextClassifier:
-        """Name embeddings for `classes`; the stored classifier when they are the trained classes."""
-        key = tuple(tuple(c) for c in normalize_classes(classes))
+    def classifier(self, classes: list[str | list[str]] | Vocabulary) -> TextClassifier:
+        """Name embeddings of the scored classes; the stored classifier when they are the trained classes."""
+        vocab = Vocabulary.of(classes)
+        key = tuple(tuple(c) for c in vocab.scored)
         if key not in self._classifiers:
             names = [list(c) for c in key]
             trained = self.trained_classes
@@ -151,16 +153,11 @@ class PlusPredictor:
                 w = self.net.classifier.weight.detach().float().cpu()
                 clf = TextClassifier(w, torch.arange(len(names)), [c[0] for c in names])
             else:
-                clf = build_text_classifier(self.text_encoder(), names, self.templates, cache=self._text_cache)
+                clf = build_text_classifier(self.text_encoder(), vocab, self.templates, cache=self._text_cache)
             self._classifiers[key] = clf
         return self._classifiers[key]
 
     # ---- image side ---------------------------------------------------------------------------------
-    def _autocast(self):
-        dt = self.config.dtype
-        if dt is None or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dt])
 
     @torch.no_grad()
     def set_image(self, image: Any, value_range: str | None = None) -> None:
@@ -183,13 +180,13 @@ class PlusPredictor:
             th, tw = resized_size(h, w, cfg.resize, size)
             xs = x if (th, tw) == (h, w) else F.interpolate(x, size=(th, tw), mode=cfg.interpolation,
                                                             align_corners=False)
-            windows = [(0, th, 0, tw)] if cfg.mode == "whole" else slide_windows(th, tw, cfg.crop, cfg.stride)
+            # the network takes any size: windows are not padded; huge whole images get big windows
+            plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels)
             feats = []
-            for i in range(0, len(windows), cfg.window_batch):
-                batch = torch.cat([xs[..., y1:y2, x1:x2] for (y1, y2, x1, x2) in windows[i:i + cfg.window_batch]])
-                with self._autocast():
+            for batch in window_batches(xs, plan, cfg.window_batch):
+                with autocast(self.device, cfg.dtype if self.device.type == "cuda" else None):
                     feats.append(self.net.features(batch).float())
-            out.append(_ScaleFeatures(torch.cat(feats), windows, (th, tw)))
+            out.append(_ScaleFeatures(torch.cat(feats), plan))
         self.features, self.image_size = out, (h, w)
 
     def _scale_logits(self, sf: _ScaleFeatures, clf: TextClassifier) -> torch.Tensor:
@@ -198,16 +195,9 @@ class PlusPredictor:
         feats = F.normalize(sf.feats, dim=1) if tc.normalize_features else sf.feats
         emb = clf.embeddings.to(feats.device, feats.dtype)
         logits = clf.class_logits(torch.einsum("nchw,kc->nkhw", feats, emb) * tc.logit_scale)
-        th, tw = sf.size
-        if len(sf.windows) == 1:
-            return F.interpolate(logits, size=(th, tw), mode="bilinear", align_corners=False)[0]
-        acc = logits.new_zeros(logits.shape[1], th, tw)
-        count = logits.new_zeros(1, th, tw)
-        for i, (y1, y2, x1, x2) in enumerate(sf.windows):
-            acc[:, y1:y2, x1:x2] += F.interpolate(logits[i:i + 1], size=(y2 - y1, x2 - x1), mode="bilinear",
-                                                  align_corners=False)[0]
-            count[:, y1:y2, x1:x2] += 1
-        return acc / count
+        maps = [F.interpolate(logits[i:i + 1], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+                for i, (y1, y2, x1, x2) in enumerate(sf.plan.windows)]
+        return stitch(maps, sf.plan)
 
     @torch.no_grad()
     def predict(self, classes: list[str | list[str]] | Vocabulary, background: list[str] | None = None,
@@ -218,15 +208,18 @@ class PlusPredictor:
         if self.features is None or self.image_size is None:
             raise RuntimeError("call set_image(image) before predict(classes)")
         vocab = Vocabulary.of(classes, background, threshold)
-        clf = self.classifier(vocab.scored)
+        clf = self.classifier(vocab)
         h, w = self.image_size
-        probs = 0
-        for sf in self.features:
-            logits = self._scale_logits(sf, clf)
-            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            probs = probs + torch.softmax(logits, dim=0)
-        probs = probs / len(self.features)
-        return finish_prediction(probs.argmax(dim=0), probs, vocab, return_probs)
+        small = [self._scale_logits(sf, clf) for sf in self.features]
+        k = small[0].shape[0]
+        labels = torch.empty(h, w, dtype=label_dtype(k), device=small[0].device)
+        keep = return_probs or vocab.threshold is not None
+        probs = torch.empty(k, h, w, device=small[0].device) if keep else None
+        for r0, r1, p in average_scales(small, (h, w), lambda block: torch.softmax(block, dim=0)):
+            labels[r0:r1] = p.argmax(dim=0)
+            if probs is not None:
+                probs[:, r0:r1] = p
+        return finish_prediction(labels, probs, vocab, return_probs)
 
 
 __all__ = ["PlusPredictor", "is_plus_checkpoint"]

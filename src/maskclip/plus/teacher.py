@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dense.inference import MaskCLIP, normalize
+from ..dense.engine import MaskCLIP
+from ..dense.preprocess import normalize
 from ..dense.text import TextClassifier
 from ..normalization import pixel_mean_std
 
@@ -38,16 +39,7 @@ class MaskCLIPTeacher:
         x = x.float().to(eng.device)
         if self.renormalize:
             x = normalize(x * self.std.to(x.device) + self.mean.to(x.device), eng.config.normalize)
-        if eng.config.mode != "whole":
-            return eng.logits(x, self.classifier)
-        feats = eng.encode(x, normalized=True)  # whole mode: the batch is one window per image
-        out = 0
-        for sf in feats.scales:
-            s = eng.grid_scores(sf.feats, sf.keys, self.classifier)
-            th, tw = sf.size
-            s = F.interpolate(s, size=sf.padded, mode="bilinear", align_corners=False)[..., :th, :tw]
-            out = out + F.interpolate(s, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out / len(feats.scales)
+        return eng.batch_logits(x, self.classifier)  # whole mode: the batch in one encoder pass
 
 
 def class_embeddings(classifier: TextClassifier) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from ..clip.model import CLIP, VisionTransformer
 from ..dense import MaskCLIP, MaskCLIPConfig, TextClassifier, build_text_classifier
-from ..dense.inference import normalize as _normalize
+from ..dense.preprocess import normalize as _normalize
 from ..eval.metrics import ConfusionMatrix
 from .captions import TEMPLATES
 from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, WORLD_SIZE, Scene, World, WorldConfig, render_scene,
@@ -25,18 +25,18 @@ TOY_BASE = dict(normalize="clip", resize="none", mode="whole")
 
 # name -> config overrides; "best" is the bundled checkpoint's reference variant
 VARIANTS: dict[str, dict] = {
-    "baseline": dict(path="baseline"),
-    "authors": dict(path="authors"),
-    "authors+KS": dict(path="authors", ks=True),
-    "authors+PD": dict(path="authors", pd=True),
-    "authors+KS+PD": dict(path="authors", ks=True, pd=True),
-    "value-only": dict(path="value-only"),
-    "value-only+KS": dict(path="value-only", ks=True),
-    "value-only+PD": dict(path="value-only", pd=True),
-    "value-only+KS+PD": dict(path="value-only", ks=True, pd=True),
+    "baseline": dict(readout="baseline"),
+    "authors": dict(readout="authors"),
+    "authors+KS": dict(readout="authors", ks=True),
+    "authors+PD": dict(readout="authors", pd=True),
+    "authors+KS+PD": dict(readout="authors", ks=True, pd=True),
+    "value-only": dict(readout="value-only"),
+    "value-only+KS": dict(readout="value-only", ks=True),
+    "value-only+PD": dict(readout="value-only", pd=True),
+    "value-only+KS+PD": dict(readout="value-only", ks=True, pd=True),
     # ResNets only, our addition: the same features on a finer grid (a trous; maskclip.dense.features)
-    "value-only+OS16": dict(path="value-only", output_stride=16),
-    "value-only+OS8": dict(path="value-only", output_stride=8),
+    "value-only+OS16": dict(readout="value-only", output_stride=16),
+    "value-only+OS8": dict(readout="value-only", output_stride=8),
 }
 BEST_VARIANT = "value-only"
 

@@ -1,0 +1,190 @@
+"""MaskCLIP inference: image -> dense features (cached) -> per-pixel labels for any vocabulary.
+
+The work is split in two so that a new vocabulary never re-runs the image encoder:
+`MaskCLIP.encode` computes L2-normalised dense features (and keys) for every scale and window;
+`MaskCLIP.decode` applies a text classifier, prompt denoising and key smoothing on the patch grid,
+upsamples bilinearly to the input size and averages the scales' probabilities. The geometry (resize,
+windows, padding, stitching, scale averaging, memory bounds) is `maskclip.tiling`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..clip.model import CLIP
+from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
+from .config import MaskCLIPConfig
+from .features import check_output_stride, dense_features, stride_of
+from .preprocess import float_copy, image_view, normalize_
+from .refine import key_smoothing, prompt_denoising
+from .text import TextClassifier
+
+
+@dataclass
+class ScaleFeatures:
+    """Dense features of all windows of one scale: feats/keys [N_windows, C, h, w] on the patch grid."""
+
+    feats: torch.Tensor
+    keys: torch.Tensor | None
+    plan: WindowPlan  # the windows in the resized image and their padded size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.plan.size
+
+
+@dataclass
+class ImageFeatures:
+    scales: list[ScaleFeatures]
+    image_size: tuple[int, int]
+    config: MaskCLIPConfig = field(repr=False)
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer type holding labels 0..num_classes (one past the classes: 'unknown')."""
+    return torch.uint8 if num_classes <= 255 else torch.int16 if num_classes <= 32767 else torch.int32
+
+
+def autocast(device: torch.device, dtype: str | None):
+    """Autocast to "fp16"/"bf16" on `device`, or nothing (None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+
+
+class MaskCLIP:
+    """A frozen CLIP turned into a segmenter. `encode` once per image, `decode` per vocabulary."""
+
+    def __init__(self, model: CLIP, config: MaskCLIPConfig | None = None, **overrides):
+        self.model = model.eval()
+        self.config = replace(config or MaskCLIPConfig(), **overrides)
+        self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it
+        check_output_stride(model, self.config.output_stride)  # fail before any image, not per image
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- image side -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: np.ndarray | torch.Tensor, normalized: bool = False) -> ImageFeatures:
+        """Dense features for an RGB image (HxWx3 uint8, or [N,3,H,W] already normalised).
+
+        Memory: the image is moved to the device as it is (uint8: a quarter of the bytes of floats), then
+        one float copy is normalised in place (not three full-size float images at once)."""
+        cfg = self.config
+        x = image if normalized else image_view(image, copy_readonly=False)
+        x = x.to(self.device)
+        if not normalized:
+            x = normalize_(float_copy(x), cfg.normalize)
+        h, w = x.shape[-2:]
+        sizes = [cfg.size] if not cfg.scales else [(s, s) for s in cfg.scales]
+        return ImageFeatures([self._encode_scale(x, s) for s in sizes], (h, w), cfg)
+
+    def _encode_scale(self, x: torch.Tensor, size: Sequence[int]) -> ScaleFeatures:
+        cfg = self.config
+        th, tw = resized_size(*x.shape[-2:], cfg.resize, size)
+        if (th, tw) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(th, tw), mode=cfg.interpolation, align_corners=False)
+        plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels, self.grid_stride)
+        feats, keys = [], []
+        for batch in window_batches(x, plan, cfg.window_batch):  # padding zeros = the mean colour
+            with autocast(self.device, cfg.dtype):
+                out = dense_features(self.model, batch, cfg.readout, keys=cfg.ks, output_stride=cfg.output_stride)
+            feats.append(F.normalize(out.feats.float(), dim=1))
+            if cfg.ks:
+                keys.append(out.keys.float())
+        return ScaleFeatures(torch.cat(feats), torch.cat(keys) if cfg.ks else None, plan)
+
+    # ---- text side --------------------------------------------------------------------------------
+    def grid_scores(self, feats: torch.Tensor, keys: torch.Tensor | None, classifier: TextClassifier) -> torch.Tensor:
+        """Class scores on the patch grid [N, K, h, w]: cosine logits, or smoothed confidences with KS."""
+        cfg = self.config
+        emb = classifier.embeddings.to(feats.device, feats.dtype)
+        logits = classifier.class_logits(torch.einsum("nchw,kc->nkhw", feats, emb))
+        if cfg.pd:
+            logits = prompt_denoising(logits, cfg.pd_threshold, cfg.logit_scale, cfg.pd_keep_top)
+        if cfg.ks and keys is not None:
+            return key_smoothing(logits, keys, cfg.ks_form, cfg.logit_scale, cfg.ks_threshold)
+        return logits
+
+    def window_scores(self, sf: ScaleFeatures, classifier: TextClassifier) -> torch.Tensor:
+        """Scores of every window [N, K, ph, pw], upsampled bilinearly from the grid to the padded window."""
+        scores = self.grid_scores(sf.feats, sf.keys, classifier)
+        return F.interpolate(scores, size=sf.plan.padded, mode="bilinear", align_corners=False)
+
+    def scale_scores(self, sf: ScaleFeatures, classifier: TextClassifier) -> torch.Tensor:
+        """Scores [K, H', W'] over the resized image: windows averaged where they overlap."""
+        return stitch(self.window_scores(sf, classifier), sf.plan)
+
+    def to_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        """Probabilities over classes (dim 0 or 1 of a [.., K, H, W] tensor)."""
+        dim = scores.dim() - 3
+        if self.config.ks:  # already confidences: renormalise the smoothed values
+            p = scores.clamp_min(0)
+            return p / p.sum(dim=dim, keepdim=True).clamp_min(1e-12)
+        return torch.softmax(scores * self.config.logit_scale, dim=dim)
+
+    @torch.no_grad()
+    def decode(self, features: ImageFeatures, classifier: TextClassifier, return_probs: bool = True,
+               max_bytes: int = 256 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Labels [H, W] and, if asked, probabilities [K, H, W] at the input size.
+
+        Labels are compact: uint8 up to 255 classes (`label_dtype`: int16, int32 beyond), an eighth of
+        int64 on a large image; the values are the argmax indices. Upsampling to the input size happens in
+        row blocks so that huge images stay within `max_bytes`.
+        """
+        h, w = features.image_size
+        small = [self.scale_scores(sf, classifier) for sf in features.scales]
+        k = small[0].shape[0]
+        need_probs = return_probs or len(small) > 1  # one scale: argmax of the scores is the argmax of probs
+        labels = torch.empty(h, w, dtype=label_dtype(k), device=small[0].device)
+        probs = torch.empty(k, h, w, device=small[0].device) if return_probs else None
+        for r0, r1, p in average_scales(small, (h, w), self.to_probs if need_probs else None, max_bytes):
+            labels[r0:r1] = p.max(dim=0).indices
+            if probs is not None:
+                probs[:, r0:r1] = p
+        return labels, probs
+
+    def segment(self, image: np.ndarray | torch.Tensor, classifier: TextClassifier,
+                return_probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.decode(self.encode(image), classifier, return_probs)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
+        """Scores at input size [B, K, H, W] for normalised images, one image at a time (evaluation).
+
+        Uses the configured mode/size per image; no resizing back beyond the input size.
+        """
+        out = []
+        for img in images:
+            feats = self.encode(img[None], normalized=True)
+            per_scale = []
+            for sf in feats.scales:
+                s = self.scale_scores(sf, classifier)[None]
+                per_scale.append(F.interpolate(s, size=images.shape[-2:], mode="bilinear", align_corners=False))
+            out.append(torch.stack(per_scale).mean(0))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def batch_logits(self, images: torch.Tensor, classifier: TextClassifier) -> torch.Tensor:
+        """Scores at input size [B, K, H, W] for a batch of normalised images in one encoder pass per scale
+        (whole mode: each image is one window; the training-time teacher). Slide mode: `logits`."""
+        if self.config.mode != "whole":
+            return self.logits(images, classifier)
+        feats = self.encode(images, normalized=True)
+        out = 0
+        for sf in feats.scales:
+            th, tw = sf.size
+            s = self.window_scores(sf, classifier)[..., :th, :tw]
+            out = out + F.interpolate(s, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return out / len(feats.scales)
+
+
+__all__ = ["ImageFeatures", "MaskCLIP", "MaskCLIPConfig", "ScaleFeatures", "autocast", "label_dtype"]
