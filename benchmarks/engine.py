@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from maskclip.clip.tokenizer import tokenize
 from maskclip.clip.weights import ARCHITECTURES, load_weights, random_weights
+from maskclip.data.classes import load_class_names
 from maskclip.dense import MaskCLIP, MaskCLIPPredictor, build_text_classifier
 from maskclip.dense.text import TextClassifier, templates_85
-from maskclip.data.classes import load_class_names
 
 
 def timeit(fn, repeat: int = 1):

@@ -97,7 +97,8 @@ def main() -> None:
     for which in ("ours", "reference"):
         cmd = [sys.executable, __file__, "--which", which, "--model", args.model, "--root", str(args.root),
                "--limit", str(args.limit)]
-        rows[which] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows[which] = json.loads(proc.stdout.splitlines()[-1])
     o, r = rows["ours"], rows["reference"]
     ips = {k: v["images"] / v["seconds"] for k, v in rows.items()}
     print(f"model {args.model}, CamVid sample, {o['images']} images, 480x360 resized to fit 512")

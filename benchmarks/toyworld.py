@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -66,9 +65,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from maskclip.clip.weights import bundled_models, load_weights
     from maskclip.toyworld import CLASSES
-    from maskclip.toyworld.evaluate import (BEST_VARIANT, VARIANTS, WORLD_SIZE, attribute_scenes,
-                                            class_classifier, evaluate_attributes, evaluate_segmentation,
-                                            heldout_scenes, toy_config, variants_for)
+    from maskclip.toyworld.evaluate import (
+        BEST_VARIANT,
+        VARIANTS,
+        WORLD_SIZE,
+        attribute_scenes,
+        class_classifier,
+        evaluate_attributes,
+        evaluate_segmentation,
+        heldout_scenes,
+        toy_config,
+        variants_for,
+    )
 
     t0 = time.time()
     model, info = load_weights(args.model)

@@ -111,16 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=32, help="light-r18 base width (default 32)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, the paper's)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    p.add_argument("--out", type=Path, default=Path("runs/toyworld_plus"), help="work directory (default runs/toyworld_plus)")
+    p.add_argument("--out", type=Path, default=Path("runs/toyworld_plus"),
+                   help="work directory (default runs/toyworld_plus)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here (default OUT/results.json)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per training (default 1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from maskclip.clip.weights import load_weights
     from maskclip.plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskclip_plus
     from maskclip.plus.config import PlusTrainConfig
-    from maskclip.clip.weights import load_weights
     from maskclip.predict import load_predictor
     from maskclip.toyworld import CLASSES
     from maskclip.toyworld.captions import TEMPLATES

@@ -381,7 +381,8 @@ def test_generic_folder_with_class_file_and_ignore_index(tmp_path):
                        label_suffix="_gt", ignore_index=9, reduce_zero_label=True)
     np.testing.assert_array_equal(red[0].label, [[9, 0], [1, 9]])
     with pytest.raises(DatasetError, match="collides"):
-        open_dataset("folder", tmp_path, classes="a,b,c", images="imgs", labels="masks", label_suffix="_gt", ignore_index=1)
+        open_dataset("folder", tmp_path, classes="a,b,c", images="imgs", labels="masks", label_suffix="_gt",
+                     ignore_index=1)
     with pytest.raises(DatasetError, match=r"(?s)missing.*c_gt.png"):
         _image(tmp_path / "imgs" / "c.jpg", 2, 2)
         open_dataset("folder", tmp_path, classes="a,b,c", images="imgs", labels="masks", label_suffix="_gt")
@@ -479,7 +480,8 @@ def test_real_coco_object_labels_have_the_right_categories():
             assert (lab == to_label[big["category_id"]]).any()
             # the dataset's class name for that id is the COCO name
             coco_name = name_of[big["category_id"]]
-            assert ds.class_names[to_label[big["category_id"]]] in (coco_name, coco_name.replace("motorcycle", "motorbike"))
+            names = (coco_name, coco_name.replace("motorcycle", "motorbike"))
+            assert ds.class_names[to_label[big["category_id"]]] in names
     s = ds[ds.names.index("000000000139")]
     assert s.image.shape == (426, 640, 3)
     assert ds.class_names[1] == "person" and (s.label == 1).sum() > 1000

@@ -120,7 +120,6 @@ def test_resnet_a_trous_grid_holds_the_stride32_features_of_shifted_windows(outp
     exact everywhere; shifted ones away from the border (where the shifted copy's zero padding differs
     from the real neighbours the a trous network sees)."""
     from conftest import randomize
-
     from maskclip.clip.model import ModifiedResNet
     from maskclip.dense.features import resnet_features
 

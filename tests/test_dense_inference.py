@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from maskclip.dense import MaskCLIP, MaskCLIPConfig, MaskCLIPPredictor, build_text_classifier
 from maskclip.dense import features as features_mod
+from maskclip.dense.text import TextClassifier, encode_names, resolve_templates, templates_85
 from maskclip.tiling import interp_matrix as _interp_matrix
 from maskclip.tiling import resized_size, slide_windows
-from maskclip.dense.text import TextClassifier, encode_names, resolve_templates, templates_85
 
 
 def test_slide_windows_cover_image_like_mmseg():
@@ -137,7 +137,8 @@ def test_predictor_background_group_and_threshold(tiny_vit):
     unk = p.predict(["cat", "dog"], threshold=0.9)  # pixels less sure than that are unknown, the others kept
     top = unk.probs.max(0)
     assert unk.classes == ["cat", "dog", "unknown"] and (top < 0.9).any() and (top >= 0.9).any()
-    assert np.all(unk.labels[top < 0.9] == 2) and np.array_equal(unk.labels[top >= 0.9], unk.probs.argmax(0)[top >= 0.9])
+    sure = top >= 0.9
+    assert np.all(unk.labels[~sure] == 2) and np.array_equal(unk.labels[sure], unk.probs.argmax(0)[sure])
     bg = p.predict(["cat", "dog"], background=["sky"], threshold=0.9)
     assert np.all(bg.labels[bg.probs.max(0) < 0.9] == 2) and bg.classes[-1] == "background"
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -221,7 +222,6 @@ def test_config_validation():
 @pytest.mark.parametrize("dtype", ["bf16"])
 def test_autocast_option_runs_and_stays_close(tiny_vit, dtype):
     img = (np.random.default_rng(6).random((64, 64, 3)) * 255).astype(np.uint8)
-    clf = _classifier(3, 32)
     f32 = MaskCLIP(tiny_vit, resize="none").encode(img).scales[0].feats
     low = MaskCLIP(tiny_vit, resize="none", dtype=dtype).encode(img).scales[0].feats
     assert low.dtype == torch.float32  # features are returned in fp32 for the classifier

@@ -19,7 +19,7 @@ from maskclip.clip import download as dl
 from maskclip.clip import weights
 from maskclip.clip.download import ChecksumError, DownloadError, WeightsError, download
 from maskclip.clip.model import CLIP, CLIPConfig
-from maskclip.clip.weights import load_weights, load_clip
+from maskclip.clip.weights import load_clip, load_weights
 
 # ---------------------------------------------------------------- a small HTTP server with Range support
 
@@ -103,7 +103,8 @@ def closed_port() -> int:
 
 
 def payload(n: int = 300_000, seed: int = 0) -> bytes:
-    return torch.randint(0, 256, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)).numpy().tobytes()
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g).numpy().tobytes()
 
 
 def tiny_clip() -> CLIP:
@@ -296,7 +297,8 @@ def test_load_clip_offline_names_url_cache_and_weights_flag(tmp_path, monkeypatc
 def test_load_clip_refuses_download_with_wrong_checksum(server, tmp_path, monkeypatch):
     src = tmp_path / "src.pt"
     torch.save(tiny_clip().state_dict(), src)
-    url = server.publish("ViT-B-16.pt", src.read_bytes(), digest="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f")
+    digest = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+    url = server.publish("ViT-B-16.pt", src.read_bytes(), digest=digest)
     monkeypatch.setitem(weights._MODELS, "ViT-B/16", url)
     cache = tmp_path / "cache"
     with pytest.raises(ChecksumError) as e:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_
 
+from conftest import randomize_
 from maskclip.clip.hf_convert import config_from_hf_state_dict, hf_config_dict, hf_to_openai, openai_to_hf
 from maskclip.clip.model import CLIP, CLIPConfig, build_model
 from maskclip.clip.tokenizer import tokenize

@@ -10,8 +10,8 @@ from PIL import Image
 
 from maskclip.data.datasets import open_dataset
 from maskclip.dense import MaskCLIPPredictor
-from maskclip.eval.metrics import ConfusionMatrix
 from maskclip.eval.loop import Corruption
+from maskclip.eval.metrics import ConfusionMatrix
 from maskclip.eval.runner import EvalJob, evaluate, protocol
 
 
@@ -107,7 +107,8 @@ def test_protocol_presets():
     later = protocol("later", "voc21")
     assert later.config.mode == "slide" and later.config.size == (336, 336) and later.config.crop == 224
     assert later.config.step == 112 and later.config.logit_scale == 40 and later.bg_threshold == 0.1
-    assert protocol("later", "cityscapes").config.size == (560, 560) and protocol("later", "ade150").bg_threshold is None
+    assert protocol("later", "cityscapes").config.size == (560, 560)
+    assert protocol("later", "ade150").bg_threshold is None
     with pytest.raises(ValueError, match="protocol"):
         protocol("fast", "voc21")
 

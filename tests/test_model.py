@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_
 import torch.nn.functional as F
 
+from conftest import randomize_
 from maskclip.clip.model import (
     ARCHITECTURES,
     CLIP,

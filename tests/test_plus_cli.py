@@ -13,20 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import randomize_, tiny_config
 from maskclip.cli import main
 from maskclip.clip.model import CLIP
 from maskclip.clip.weights import load_clip
-from maskclip.plus.teacher import MaskCLIPTeacher
 from maskclip.dense import MaskCLIP, MaskCLIPConfig, build_text_classifier
 from maskclip.dense.preprocess import normalize
 from maskclip.normalization import pixel_mean_std
 from maskclip.plus.formats import load_checkpoint
 from maskclip.plus.models import load_target_model
 from maskclip.plus.predictor import PlusPredictor, is_plus_checkpoint
+from maskclip.plus.teacher import MaskCLIPTeacher
 from maskclip.predict import load_predictor
 from maskclip.toyworld import CLASSES, World, WorldConfig
-
-from conftest import randomize_, tiny_config
 
 SIZE = 32
 IMAGENET_MEAN, IMAGENET_STD = pixel_mean_std("imagenet")
@@ -92,7 +91,8 @@ def test_train_writes_checkpoint_model_log_and_run_record(trained):
     ck = load_checkpoint(trained / "checkpoint.pt")
     assert ck["iteration"] == 3 and ck["config"]["mode"] == "annotation-free"
     net = load_target_model(trained / "model.pt")
-    assert net.meta["classes"] == list(CLASSES) and net.meta["templates"] == ["a photo of a {}."]
+    assert net.meta["class_names"] == list(CLASSES) and net.meta["classes"] == [[c] for c in CLASSES]
+    assert net.meta["templates"] == ["a photo of a {}."]
     assert net.meta["clip"]["name"].endswith("clip.pt") and len(net.meta["clip"]["sha256"]) == 64
     assert net.num_classes == len(CLASSES)
     run = json.loads((trained / "run.json").read_text())

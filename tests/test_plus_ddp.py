@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskclip.plus.models import build_target_model
-from maskclip.plus.config import PlusTrainConfig as TrainConfig
-from maskclip.plus.data import TrainItem as Sample
+from maskclip.plus.config import PlusTrainConfig
+from maskclip.plus.data import TrainItem
 from maskclip.plus.loop import train
+from maskclip.plus.models import build_target_model
 
 K = 4
 
@@ -36,7 +36,7 @@ def tiny_model():
 
 def tiny_data(n=6):
     rng = np.random.default_rng(0)
-    return [Sample(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+    return [TrainItem(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
 
 
 def teacher(x):
@@ -45,7 +45,7 @@ def teacher(x):
 
 
 def config(out_dir):
-    return TrainConfig(iterations=4, batch_size=4, crop_size=(32, 32), scale=(64, 32), num_workers=0,
+    return PlusTrainConfig(iterations=4, batch_size=4, crop_size=(32, 32), scale=(64, 32), num_workers=0,
                        self_train_after=0.5, freeze_bn=True, out_dir=str(out_dir), log_every=1,
                        checkpoint_every=100, progress=False)
 

@@ -4,11 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskclip.plus.backbones import (ResNet, load_backbone_state_dict, load_pretrained_backbone, output_stride_of,
-                                     torchvision_to_ours)
+from maskclip.plus.backbones import (
+    ResNet,
+    load_backbone_state_dict,
+    load_pretrained_backbone,
+    output_stride_of,
+    torchvision_to_ours,
+)
 from maskclip.plus.heads import ASPPv2Head, DeepLabV3PlusHead
-from maskclip.plus.models import (SegmentationModel, TextClassifier, build_target_model, load_target_model,
-                                  save_target_model)
+from maskclip.plus.models import SegmentationModel, TextHead, build_target_model, load_target_model, save_target_model
 
 
 @pytest.fixture(autouse=True)
@@ -88,12 +92,12 @@ def test_aspp_v2_sums_its_branches():
 def test_classifier_is_a_frozen_buffer_scoring_normalised_text_embeddings():
     torch.manual_seed(1)
     text = torch.randn(3, 6) * 5
-    clf = TextClassifier(text)
+    clf = TextHead(text)
     assert "weight" in dict(clf.named_buffers()) and len(list(clf.parameters())) == 0
     feat = torch.randn(2, 6, 4, 5)
     expect = torch.einsum("bchw,kc->bkhw", feat, F.normalize(text, dim=-1))
     assert torch.allclose(clf(feat), expect, atol=1e-5)
-    cos = TextClassifier(text, normalize_features=True, logit_scale=40.0)
+    cos = TextHead(text, normalize_features=True, logit_scale=40.0)
     assert torch.allclose(cos(feat), 40 * torch.einsum("bchw,kc->bkhw", F.normalize(feat, dim=1),
                                                         F.normalize(text, dim=-1)), atol=1e-4)
     model = tiny("light-r18", head_channels=8)

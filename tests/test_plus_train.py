@@ -10,18 +10,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maskclip.plus.augment import (UNLABELED, AugmentConfig, augment, photometric_distortion, random_crop,
-                                   rescale_size)
-from maskclip.plus.models import build_target_model, load_target_model
 from maskclip.data.image_io import write_png_atomic
 from maskclip.io.label_index import read_label_index, write_label_index
-from maskclip.plus.config import PlusTrainConfig as TrainConfig
-from maskclip.plus.config import poly_lr
-from maskclip.plus.data import StreamSampler, TrainCrops, TrainFiles
-from maskclip.plus.data import TrainItem as Sample
+from maskclip.plus.augment import UNLABELED, AugmentConfig, augment, photometric_distortion, random_crop, rescale_size
+from maskclip.plus.config import PlusTrainConfig, poly_lr
+from maskclip.plus.data import StreamSampler, TrainCrops, TrainFiles, TrainItem
 from maskclip.plus.loop import train
-from maskclip.plus.pseudo import (check_no_unseen_leak, merge_precomputed, pseudo_labels_annotation_free,
-                                  pseudo_labels_zero_shot, restricted_argmax, suppress_classes)
+from maskclip.plus.models import build_target_model, load_target_model
+from maskclip.plus.pseudo import (
+    check_no_unseen_leak,
+    merge_precomputed,
+    pseudo_labels_annotation_free,
+    pseudo_labels_zero_shot,
+    restricted_argmax,
+    suppress_classes,
+)
 from maskclip.plus.state import load_checkpoint
 
 K = 4
@@ -48,7 +51,7 @@ def tiny_data(n=6, seed=0, with_gt=True):
         img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
         gt = rng.integers(0, 2, (40, 48))  # only classes 0, 1 annotated ("seen")
         gt[:5] = 255
-        out.append(Sample(img, gt if with_gt else None))
+        out.append(TrainItem(img, gt if with_gt else None))
     return out
 
 
@@ -72,7 +75,7 @@ def cfg(tmp_path, name="run", **kw):
     base = dict(iterations=6, batch_size=4, crop_size=(32, 32), scale=(64, 32), num_workers=0,
                 out_dir=str(tmp_path / name), log_every=1, checkpoint_every=100, progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return PlusTrainConfig(**base)
 
 
 # ---------------------------------------------------------------------------------------------- pseudo labels
@@ -204,7 +207,7 @@ def test_train_crops_visit_every_image_once_per_epoch(tmp_path):
 
 
 def test_poly_schedule():
-    c = TrainConfig(iterations=100)
+    c = PlusTrainConfig(iterations=100)
     assert poly_lr(c, 0) == pytest.approx(0.01)
     assert poly_lr(c, 50) == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
     assert poly_lr(c, 100) == pytest.approx(1e-4)
@@ -235,8 +238,8 @@ def test_switch_to_self_training_at_the_configured_iteration(tmp_path):
     assert teacher.calls == 2 and res["teacher_calls"] == 2
     sources = [json.loads(line)["source"] for line in open(res["log_path"])]
     assert sources == ["teacher", "teacher", "self", "self", "self"]
-    assert TrainConfig(mode="zero-shot", iterations=20000, unseen_ids=[1]).self_train_start() == 2000
-    assert TrainConfig(mode="annotation-free").self_train_start() is None
+    assert PlusTrainConfig(mode="zero-shot", iterations=20000, unseen_ids=[1]).self_train_start() == 2000
+    assert PlusTrainConfig(mode="annotation-free").self_train_start() is None
 
 
 def test_zero_shot_training_never_targets_seen_classes_on_unlabeled_pixels(tmp_path):

@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import randomize_, tiny_config
 from maskclip.cli import main
 from maskclip.clip.convert import clip_state_dict, load_state_dict
 from maskclip.clip.model import CLIP
@@ -33,17 +34,14 @@ from maskclip.dense import MaskCLIPConfig
 from maskclip.io import safe_pickle
 from maskclip.io.safe_pickle import ArchiveError, Inert, load_archive, peek_format, read_torchscript_state_dict
 from maskclip.io.tensorfile import CheckedFileError
+from maskclip.plus.config import PlusTrainConfig
 from maskclip.plus.formats import MODEL_FORMAT, TRAIN_FORMAT, PlusFormatError, load_checkpoint, upgrade_plus_file
+from maskclip.plus.loop import train
 from maskclip.plus.models import build_target_model, load_target_model, save_target_model
 from maskclip.plus.predictor import PlusPredictor, is_plus_checkpoint
-from maskclip.plus.config import PlusTrainConfig as TrainConfig
-from maskclip.plus.loop import train
 from maskclip.plus.state import rng_state as _rng_state
 from maskclip.plus.state import save_checkpoint
-
 from maskclip.predict import load_predictor
-
-from conftest import randomize_, tiny_config
 from test_plus_train import LinearTeacher, tiny_data, tiny_model
 from test_plus_train import cfg as train_cfg
 from test_weights import save_torchscript, tiny_clip, trace
@@ -432,7 +430,7 @@ def test_training_checkpoint_round_trip_restores_every_state_exactly(tmp_path):
     np.random.seed(5)
     np.random.normal()  # a cached gaussian in numpy's state
     rng = _rng_state()
-    config = TrainConfig(out_dir=str(tmp_path))
+    config = PlusTrainConfig(out_dir=str(tmp_path))
     save_checkpoint(tmp_path / "checkpoint.pt", model, opt, torch.amp.GradScaler("cuda", enabled=False), 7, rng,
                     config)
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -449,7 +447,7 @@ def _old_model_file(path: Path, model) -> Path:
     return path
 
 
-def _old_checkpoint(path: Path, model, opt, iteration: int, rng: dict, config: TrainConfig) -> Path:
+def _old_checkpoint(path: Path, model, opt, iteration: int, rng: dict, config: PlusTrainConfig) -> Path:
     torch.save({"format": "maskclip-plus-train/1", "iteration": iteration, "model": model.state_dict(),
                 "meta": model.meta, "optimizer": opt.state_dict(), "scaler": {}, "rng": rng,
                 "config": asdict(config)}, path)  # the old save_checkpoint, numpy RNG state included
@@ -461,7 +459,7 @@ def test_old_formats_get_one_error_naming_the_conversion_and_convert_exactly(tmp
     old_model = _old_model_file(tmp_path / "model.pt", model)
     opt = _optimizer_after_a_step(tiny_model(seed=1))
     rng = _rng_state()
-    old_ckpt = _old_checkpoint(tmp_path / "checkpoint.pt", model, opt, 3, rng, TrainConfig())
+    old_ckpt = _old_checkpoint(tmp_path / "checkpoint.pt", model, opt, 3, rng, PlusTrainConfig())
     for path, load in ((old_model, load_target_model), (old_ckpt, load_checkpoint), (old_ckpt, load_target_model)):
         with pytest.raises(PlusFormatError) as e:
             load(path)

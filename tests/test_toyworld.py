@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from maskclip.toyworld import CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, TEMPLATES, World, WorldConfig
-from maskclip.toyworld.train import (TrainConfig, contrastive_loss, new_model, train, world_phrases,
-                                     world_token_ids)
+from maskclip.toyworld.train import ToyTrainConfig, contrastive_loss, new_model, train, world_phrases, world_token_ids
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "maskclip" / "toyworld" / "weights"
 MANIFEST = WEIGHTS / "manifest.json"
@@ -154,7 +153,7 @@ def test_stuff_twins_keep_the_objects_and_change_the_stuff():
 def test_prefetched_batches_equal_inline_batches():
     from maskclip.toyworld.train import batches, make_batch
 
-    cfg = TrainConfig(**{**TINY, "steps": 4, "workers": 1, "twins": 0.5, "twin_stuff": 0.5})
+    cfg = ToyTrainConfig(**{**TINY, "steps": 4, "workers": 1, "twins": 0.5, "twin_stuff": 0.5})
     world = World(cfg.world_seed, WorldConfig(size=cfg.world_size, closeup=cfg.closeup))
     got = list(batches(world, cfg, start=1))
     assert len(got) == 3
@@ -180,10 +179,9 @@ def test_make_batch_resizes_scenes_to_the_model_input():
 
 def test_toy_config_resizes_scenes_to_a_models_input_size():
     from maskclip.toyworld.evaluate import WORLD_SIZE, toy_config
-    from maskclip.toyworld.train import new_model
 
-    rn = new_model(TrainConfig(arch="resnet", image_size=2 * WORLD_SIZE, vision_width=8, text_layers=1))
-    vit = new_model(TrainConfig(**{**TINY, "image_size": WORLD_SIZE}))
+    rn = new_model(ToyTrainConfig(arch="resnet", image_size=2 * WORLD_SIZE, vision_width=8, text_layers=1))
+    vit = new_model(ToyTrainConfig(**{**TINY, "image_size": WORLD_SIZE}))
     assert (toy_config(rn).resize, toy_config(rn).size) == ("fit", (2 * WORLD_SIZE, 2 * WORLD_SIZE))
     assert toy_config(vit).resize == "none" and toy_config().resize == "none"
     assert toy_config(rn, resize="none").resize == "none"  # explicit overrides win
@@ -191,7 +189,7 @@ def test_toy_config_resizes_scenes_to_a_models_input_size():
 
 
 def test_resnet_trainer_on_resized_scenes_learns(tmp_path):
-    cfg = TrainConfig(arch="resnet", image_size=64, world_size=32, vision_width=8, embed_dim=32, text_width=64,
+    cfg = ToyTrainConfig(arch="resnet", image_size=64, world_size=32, vision_width=8, embed_dim=32, text_width=64,
                       text_layers=1, context_length=32, batch_size=16, lr=2e-3, warmup=5, log_every=5,
                       ckpt_every=100, steps=30, workers=0)
     model = train(cfg, tmp_path, log=lambda *_: None)
@@ -207,7 +205,7 @@ def _log(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    model = train(TrainConfig(**TINY, steps=30), out, log=lambda *_: None)
+    model = train(ToyTrainConfig(**TINY, steps=30), out, log=lambda *_: None)
     return model, _log(out / "log.jsonl")
 
 
@@ -229,7 +227,7 @@ def test_unused_token_rows_start_and_stay_zero(tiny_run):
 
 
 def test_trainer_resume_continues_the_same_run(tmp_path):
-    cfg = TrainConfig(**{**TINY, "log_every": 2, "ckpt_every": 5}, steps=10)
+    cfg = ToyTrainConfig(**{**TINY, "log_every": 2, "ckpt_every": 5}, steps=10)
     full = train(cfg, tmp_path / "full", log=lambda *_: None)
 
     class Stop(Exception):
@@ -247,13 +245,13 @@ def test_trainer_resume_continues_the_same_run(tmp_path):
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     with pytest.raises(ValueError, match="different config"):
-        train(TrainConfig(**TINY, steps=11), tmp_path / "cut", log=lambda *_: None)
+        train(ToyTrainConfig(**TINY, steps=11), tmp_path / "cut", log=lambda *_: None)
 
 
 
 def test_a_fresh_run_starts_its_log_anew(tmp_path):
     """--no-resume over an old run: the log (and so the bundle's train_seconds) is of the new run only."""
-    cfg = TrainConfig(**{**TINY, "log_every": 1}, steps=3)
+    cfg = ToyTrainConfig(**{**TINY, "log_every": 1}, steps=3)
     for _ in range(2):
         train(cfg, tmp_path, resume=False, log=lambda *_: None)
     assert [r["step"] for r in _log(tmp_path / "log.jsonl")] == [1, 2, 3]
@@ -280,8 +278,8 @@ def test_templates_and_phrases_tokenize_in_world_vocab():
 def test_bundle_records_the_reproducing_command_and_time(tmp_path):
     from maskclip.commands.toyworld import _command_line, _train_seconds
 
-    assert _command_line(TrainConfig(), "toy-vit") == "maskclip toyworld train --bundle toy-vit"
-    cfg = TrainConfig(steps=10, twins=0.0, log_every=1, threads=1)
+    assert _command_line(ToyTrainConfig(), "toy-vit") == "maskclip toyworld train --bundle toy-vit"
+    cfg = ToyTrainConfig(steps=10, twins=0.0, log_every=1, threads=1)
     assert _command_line(cfg, "x") == "maskclip toyworld train --steps 10 --twins 0.0 --threads 1 --bundle x"
     # a run resumed once: elapsed_s restarts, the sessions add up
     log = [{"step": 1, "elapsed_s": 1.0}, {"step": 5, "elapsed_s": 9.5}, {"step": 6, "elapsed_s": 2.0},
@@ -310,8 +308,14 @@ def test_bundled_checkpoint_sha_matches():
 def test_bundled_toy_clip_segments_heldout_scenes(name):
     """Regression test of load_clip + the dense engine + text classifier on held-out scenes."""
     from maskclip.clip.weights import load_clip
-    from maskclip.toyworld.evaluate import (VARIANTS, WORLD_SIZE, evaluate_segmentation, heldout_scenes, toy_config,
-                                            variants_for)
+    from maskclip.toyworld.evaluate import (
+        VARIANTS,
+        WORLD_SIZE,
+        evaluate_segmentation,
+        heldout_scenes,
+        toy_config,
+        variants_for,
+    )
 
     entry = _manifest()[name]
     model = load_clip(name)
@@ -334,10 +338,9 @@ def test_bundled_toy_clip_segments_heldout_scenes(name):
 
 def test_variants_for_resnets_add_output_strides_only_for_resnets():
     from maskclip.toyworld.evaluate import VARIANTS, variants_for
-    from maskclip.toyworld.train import new_model
 
-    rn = new_model(TrainConfig(arch="resnet", image_size=64, vision_width=8, text_layers=1))
-    vit = new_model(TrainConfig(**TINY))
+    rn = new_model(ToyTrainConfig(arch="resnet", image_size=64, vision_width=8, text_layers=1))
+    vit = new_model(ToyTrainConfig(**TINY))
     assert set(variants_for(rn)) == set(VARIANTS)
     assert "value-only+OS16" in VARIANTS and not any("output_stride" in v for v in variants_for(vit).values())
     assert variants_for(rn, paper_only=True) == variants_for(vit)

@@ -14,8 +14,16 @@ import torch
 from maskclip.clip import weights
 from maskclip.clip.convert import clip_state_dict, load_state_dict
 from maskclip.clip.model import ARCHITECTURES, CLIP, CLIPConfig
-from maskclip.clip.weights import (WeightsError, available_models, load_clip, load_weights, model_url, random_clip,
-                                   random_weights, url_sha256)
+from maskclip.clip.weights import (
+    WeightsError,
+    available_models,
+    load_clip,
+    load_weights,
+    model_url,
+    random_clip,
+    random_weights,
+    url_sha256,
+)
 
 
 def tiny_config(vision_layers=2, vocab_size=1000, vision_width=64, resolution=32) -> CLIPConfig:

@@ -32,7 +32,6 @@ from .render import heatmap, overlay_with_legend, palette
 from .tiling import resized_size
 from .vocab import Vocabulary
 
-
 REDUCED_DECODE_PIXELS = 16_000_000  # ordinary photos are decoded in full, as the authors' pipeline does
 
 

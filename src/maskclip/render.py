@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .data.image_io import voc_palette
 
+
 def palette(n: int, first: np.ndarray | None = None) -> np.ndarray:
     """[n, 3] uint8 distinct colours: `first` (e.g. the toy world's sky blue for sky), then the PASCAL VOC
     colour map without its black (black marks ignore); past 255 classes, colours from a fixed-seed generator."""

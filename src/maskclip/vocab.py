@@ -55,7 +55,8 @@ class Vocabulary:
             if not c:
                 raise SettingsError(f"class {i + 1} has no name")
         if self.below_threshold is not None and not 0 <= self.below_threshold < len(self.classes):
-            raise SettingsError(f"below_threshold {self.below_threshold} is not a class index (0..{len(self.classes) - 1})")
+            raise SettingsError(f"below_threshold {self.below_threshold} is not a class index "
+                                f"(0..{len(self.classes) - 1})")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and
                                                math.isfinite(self.threshold) and 0 <= self.threshold <= 1):
             raise SettingsError(f"threshold {self.threshold!r} must be a number in [0, 1]")
@@ -187,10 +188,11 @@ def parse_classes(text: str, option: str = "--classes", warn=None) -> tuple[tupl
             raise SettingsError(f"{option} {file}: the class file is empty; give one class a line")
         return tuple(tuple(g) for g in groups)
     if "," not in raw and (os.sep in raw or "/" in raw or raw.endswith(".txt")):
-        raise SettingsError(f"{option} {raw}: no such class file; give an existing file or names like 'cat,dog'")
+        raise SettingsError(f"{option} {raw}: the class file does not exist; give an existing file or names like "
+                            "'cat,dog'")
     names = _split(raw)
     if not names:
-        raise SettingsError(f"{option} {raw!r} holds no class name; give names like 'cat,dog'")
+        raise SettingsError(f"{option} {raw!r} is empty: no class name in it; give names like 'cat,dog'")
     if len(names) == 1 and " " not in names[0] and warn is not None:
         warn(f"{option} {raw!r} is neither a packaged list ({', '.join(CLASS_LISTS)}) nor a file: taken as one "
              "class name")

@@ -119,8 +119,9 @@ def download(url: str, root: str | os.PathLike, sha256: str | None = None, progr
     """Download `url` into `root` (or return the cached copy) and verify its SHA-256.
 
     A cached file whose checksum does not match is stale: a warning names it, it is moved aside to
-    `<name>.corrupt` (kept until a good download replaces it) and the file is downloaded again. On failure a `DownloadError` (unreachable, broken off: the `.part` stays for
-    resuming) or `ChecksumError` (bytes discarded) names the URL, the cache path and `--weights`.
+    `<name>.corrupt` (kept until a good download replaces it) and the file is downloaded again.
+    On failure a `DownloadError` (unreachable, broken off: the `.part` stays for resuming) or
+    `ChecksumError` (bytes discarded) names the URL, the cache path and `--weights`.
     """
     root = Path(root).expanduser()
     target = root / (filename or url_filename(url))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .convert import load_state_dict
 from ..io.cache import cache_dir as default_cache_dir
+from .convert import load_state_dict
 from .download import ChecksumError, DownloadError, WeightsError, download, file_sha256
 from .model import ARCHITECTURES, CLIP, build_model
 

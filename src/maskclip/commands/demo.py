@@ -22,6 +22,7 @@ from ..toyworld.evaluate import IGNORE, heldout_scenes, query_ground_truth
 from ..toyworld.world import CLASS_COLOURS, CLASSES
 from ..vocab import Vocabulary
 
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="offline demo: segment toy-world scenes with the bundled toy CLIP",

@@ -6,12 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..dense.config import settings_dict
 from ..errors import SettingsError
 from ..eval.report import pct
 from ..io.layout import check_out_dir
-from ..dense.config import settings_dict
-from .common import (add_maskclip_options, add_model_options, bounded_int, fraction, overrides_from_args,
-                     resolve_device, templates_from_arg)
+from .common import (
+    add_maskclip_options,
+    add_model_options,
+    bounded_int,
+    fraction,
+    overrides_from_args,
+    resolve_device,
+    templates_from_arg,
+)
 
 EPILOG = """protocols (each MaskCLIP option given on the command line overrides the preset):
   paper  the authors' configs: whole image resized to fit 520x520 (Pascal Context), 1024x512 (Cityscapes)

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         results[name] = {}
         for sev in args.severities:
-            r = evaluate(predictor, dataset, out / f"{name}-{sev}", replace(job, corruption=Corruption(name, sev, args.seed)))
+            corrupted = replace(job, corruption=Corruption(name, sev, args.seed))
+            r = evaluate(predictor, dataset, out / f"{name}-{sev}", corrupted)
             results[name][sev] = r.metrics["mIoU"]
     text = (f"# Robustness: {dataset.name}, {clean.num_images} images, model `{settings['model']}`, "
             f"protocol {settings['protocol']}\n\nmIoU (%)\n\n" + table(results, args.severities))

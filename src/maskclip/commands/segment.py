@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..annotate import LabelOptions, label_files
 from ..clip.tokenizer import CONTEXT_LENGTH
@@ -18,8 +17,15 @@ from ..errors import SettingsError
 from ..io.layout import OutputLayout, check_no_overwrite, check_out_dir, output_names
 from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
 from ..vocab import Vocabulary, parse_classes, parse_vocabulary
-from .common import (add_image_options, add_maskclip_options, add_model_options, add_vocabulary_options,
-                     overrides_from_args, resolve_device, templates_from_arg)
+from .common import (
+    add_image_options,
+    add_maskclip_options,
+    add_model_options,
+    add_vocabulary_options,
+    overrides_from_args,
+    resolve_device,
+    templates_from_arg,
+)
 
 EPILOG = """examples:
   maskclip segment photo.jpg --classes "cat,dog" --out masks/

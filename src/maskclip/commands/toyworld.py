@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+
+from ..errors import SettingsError
+from ..io.atomic import write_text
 
 DEFAULT_OUT = "runs/toy"
 
 
 def _add_train(sub) -> None:
-    from ..toyworld.train import TrainConfig
+    from ..toyworld.train import ToyTrainConfig
 
     p = sub.add_parser(
         "train", help="train a small CLIP on the toy world (the bundled toy-vit recipe by default)",
@@ -21,7 +22,7 @@ def _add_train(sub) -> None:
                     "Deterministic: the same options give the same model. Writes checkpoint.pt (for "
                     "--resume), model.pt, log.jsonl and config.json under --out; with --export also a "
                     "gzipped fp16 state dict loadable by maskclip.clip.weights.load_clip.")
-    defaults = TrainConfig()
+    defaults = ToyTrainConfig()
     helps = {
         "arch": "image encoder: vit or resnet",
         "image_size": "model input side in pixels (scenes are resized to it bilinearly, as MaskCLIP does at "
@@ -54,7 +55,7 @@ def _add_train(sub) -> None:
         "threads": "CPU threads (torch.set_num_threads)",
         "amp": "mixed precision: bf16 autocast (CPU with AVX512-BF16/AMX, or GPU), fp16 (CUDA only) or none",
     }
-    for f in fields(TrainConfig):
+    for f in fields(ToyTrainConfig):
         default = getattr(defaults, f.name)
         kind = type(default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
@@ -74,11 +75,20 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> int:
-    from ..toyworld.train import TrainConfig, train
+    from ..device import resolve_device
+    from ..toyworld.train import ToyTrainConfig, train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    device = str(resolve_device(args.device))
+    cfg = ToyTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    try:
+        cfg.clip_config()  # e.g. a ResNet input size that is not a multiple of 32
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
     out = args.out or (f"runs/{args.bundle}" if args.bundle else DEFAULT_OUT)
-    model = train(cfg, out, device=args.device, resume=not args.no_resume)
+    try:
+        model = train(cfg, out, device=device, resume=not args.no_resume)
+    except ValueError as err:  # a checkpoint of another configuration in --out
+        raise SettingsError(str(err)) from None
     if args.bundle:
         _bundle_model(model.float().cpu(), args.bundle, cfg, _command_line(cfg, args.bundle), _train_seconds(out))
     return 0
@@ -87,11 +97,12 @@ def _train(args) -> int:
 def _command_line(cfg, name: str) -> str:
     """The training command that reproduces `cfg` (options that differ from the defaults; where the run
     was written and how often it logged do not change the model)."""
-    from ..toyworld.train import TrainConfig
+    from ..toyworld.train import ToyTrainConfig
 
-    defaults = TrainConfig()
-    opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(TrainConfig)
-            if getattr(cfg, f.name) != getattr(defaults, f.name) and f.name not in ("log_every", "ckpt_every", "workers")]
+    defaults = ToyTrainConfig()
+    opts = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(ToyTrainConfig)
+            if getattr(cfg, f.name) != getattr(defaults, f.name)
+            and f.name not in ("log_every", "ckpt_every", "workers")]
     return " ".join(["maskclip toyworld train", *opts, f"--bundle {name}"])
 
 
@@ -158,36 +169,35 @@ def _add_render(sub) -> None:
     p.add_argument("-n", "--num", type=int, default=16, help="number of scenes (default: 16)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="scene split (default: test)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
-    p.add_argument("--size", type=int, default=None, help="image side (default: the world's 64, what the bundled models were trained on)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side (default: the world's 64, what the bundled models were trained on)")
     p.set_defaults(func=_render)
 
 
 def _render(args) -> int:
     import numpy as np
-    from PIL import Image
 
+    from ..data.image_io import write_png_atomic
+    from ..io.atomic import atomic_write
+    from ..render import colorize, palette
     from ..toyworld import WORLD_SIZE
-    from ..render import colorize
-    from ..toyworld.visualize import palette
-    from ..toyworld.world import CLASSES, World, WorldConfig
+    from ..toyworld.world import CLASS_COLOURS, CLASSES, World, WorldConfig
 
     if args.num <= 0:
-        print(f"error: --num must be positive, got {args.num}", file=sys.stderr)
-        return 2
+        raise SettingsError(f"--num must be positive, got {args.num}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     world = World(args.seed, WorldConfig(size=args.size or WORLD_SIZE, heldout=args.split != "train"))
+    colors = palette(len(CLASSES), first=CLASS_COLOURS)
     records = []
     for i in range(args.num):
         s = world.scene(i, args.split)
-        Image.fromarray(s.image).save(out / f"{args.split}_{i:04d}.png")
-        Image.fromarray(colorize(s.labels, palette(len(CLASSES)))).save(out / f"{args.split}_{i:04d}_gt.png")
-        np.save(out / f"{args.split}_{i:04d}_labels.npy", s.labels.astype(np.uint8))
+        write_png_atomic(out / f"{args.split}_{i:04d}.png", s.image)
+        write_png_atomic(out / f"{args.split}_{i:04d}_gt.png", colorize(s.labels, colors))
+        with atomic_write(out / f"{args.split}_{i:04d}_labels.npy") as f:
+            np.save(f, s.labels.astype(np.uint8))
         records.append({"index": i, "caption": s.caption,
                         "objects": [[o.colour, o.category, o.visible] for o in s.objects]})
-    tmp = out / "captions.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out / "captions.jsonl")
+    write_text(out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {args.num} scenes to {out}")
     return 0
 

@@ -166,7 +166,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help=f"write OUT/checkpoint.pt every K iterations (default {d.checkpoint_every})")
     g.add_argument("--log-every", type=int, default=d.log_every, help=f"log every N iterations (default {d.log_every})")
-    g.add_argument("--workers", type=int, default=d.num_workers, help=f"data-loading processes (default {d.num_workers})")
+    g.add_argument("--workers", type=int, default=d.num_workers,
+                   help=f"data-loading processes (default {d.num_workers})")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

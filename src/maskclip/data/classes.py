@@ -83,29 +83,8 @@ def parse_class_arg(text: str | Path) -> list[list[str]]:
 
     In a file, a line may hold comma-separated synonyms ("person, man, woman"); blank lines
     and lines starting with '#' are skipped. In the inline form every comma separates classes.
-    Raises ValueError on an empty list or a repeated name (naming it).
+    The vocabulary's one name rule applies (maskclip.vocab): a repeated name is a ValueError naming it.
     """
-    raw = str(text)
-    path = Path(raw).expanduser()
-    source: str
-    if raw.strip() and path.is_file():
-        source = f"class file {path}"
-        lines = path.read_text("utf-8").splitlines()
-        classes = [_split_line(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    else:
-        source = f"class list {raw!r}"
-        if raw.strip() and ("/" in raw or raw.endswith(".txt")) and "," not in raw:
-            raise ValueError(f"class file {path} does not exist; give an existing file or a comma-separated list like 'cat,dog'")
-        classes = [[n] for n in _split_line(raw)]
-    classes = [c for c in classes if c]
-    if not classes:
-        raise ValueError(f"{source} is empty; give at least one class, e.g. 'cat,dog'")
-    seen: dict[str, int] = {}
-    for i, names in enumerate(classes):
-        for n in names:
-            k = n.lower()
-            if k in seen:
-                where = "twice in the same class" if seen[k] == i else f"in classes {seen[k] + 1} and {i + 1}"
-                raise ValueError(f"{source}: duplicate class name {n!r} ({where}); each name may appear once")
-            seen[k] = i
-    return classes
+    from ..vocab import Vocabulary, parse_classes
+
+    return [list(c) for c in Vocabulary(parse_classes(str(text), option="class list")).classes]

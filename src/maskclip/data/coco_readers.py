@@ -14,6 +14,7 @@ from .image_io import read_label
 from .readers import _check_exist, _find_base, _first_existing, _images_in, _layout_error
 from .segdataset import _COCO_STUFF_LUT, DatasetError, SampleRef, SegDataset, lut_map
 
+
 def open_coco_stuff(root: str | Path, split: str = "val") -> SegDataset:
     """COCO-Stuff 164k: *_labelTrainIds.png (0..170, 255) or raw stuffthingmaps *.png (182 ids)."""
     dataset = "coco-stuff171"
@@ -114,7 +115,8 @@ def open_coco_object(
         raise _layout_error(dataset, root, f"neither {png_dir}/*_instanceTrainIds.png nor {json_path} found")
     coco = load_coco_instances(json_path)
     if len(coco.category_to_label) != 80:
-        raise DatasetError(f"{json_path} has {len(coco.category_to_label)} categories; COCO-Object expects the 80 COCO categories")
+        raise DatasetError(f"{json_path} has {len(coco.category_to_label)} categories; COCO-Object expects the 80 "
+                           "COCO categories")
     refs = [
         SampleRef(stem, img_dir / coco.images[stem]["file_name"], None) for stem in sorted(coco.images)
     ]

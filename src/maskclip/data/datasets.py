@@ -24,10 +24,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .coco_readers import CocoInstances, load_coco_instances, open_coco_object, open_coco_stuff  # noqa: F401
-from .readers import (CONTEXT459_IGNORE, LAYOUTS, open_ade20k, open_camvid, open_cityscapes,  # noqa: F401
-                      open_context, open_context459, open_folder, open_voc)
-from .segdataset import (COCO_STUFF_UNUSED_IDS, CITYSCAPES_ID_TO_TRAINID, DatasetError, Sample,  # noqa: F401
-                         SampleRef, SegDataset, lut_map, reduce_zero_label)
+from .readers import (  # noqa: F401
+    CONTEXT459_IGNORE,
+    LAYOUTS,
+    open_ade20k,
+    open_camvid,
+    open_cityscapes,
+    open_context,
+    open_context459,
+    open_folder,
+    open_voc,
+)
+from .segdataset import (  # noqa: F401
+    CITYSCAPES_ID_TO_TRAINID,
+    COCO_STUFF_UNUSED_IDS,
+    DatasetError,
+    Sample,
+    SampleRef,
+    SegDataset,
+    lut_map,
+    reduce_zero_label,
+)
 
 # ----------------------------------------------------------------------------- registry
 
@@ -40,12 +57,16 @@ class DatasetInfo:
 
 
 _INFOS = [
-    (DatasetInfo("voc21", lambda r, s="val", **k: open_voc(r, s, background=True, **k), LAYOUTS["voc21"]), ("voc", "pascal-voc", "voc2012")),
+    (DatasetInfo("voc21", lambda r, s="val", **k: open_voc(r, s, background=True, **k), LAYOUTS["voc21"]),
+     ("voc", "pascal-voc", "voc2012")),
     (DatasetInfo("voc20", lambda r, s="val", **k: open_voc(r, s, background=False, **k), LAYOUTS["voc21"]), ()),
-    (DatasetInfo("context60", lambda r, s="val", **k: open_context(r, s, background=True, **k), LAYOUTS["context59"]), ("pc60", "pascal-context60")),
-    (DatasetInfo("context59", lambda r, s="val", **k: open_context(r, s, background=False, **k), LAYOUTS["context59"]), ("pc59", "pascal-context", "pascal-context59")),
+    (DatasetInfo("context60", lambda r, s="val", **k: open_context(r, s, background=True, **k), LAYOUTS["context59"]),
+     ("pc60", "pascal-context60")),
+    (DatasetInfo("context59", lambda r, s="val", **k: open_context(r, s, background=False, **k), LAYOUTS["context59"]),
+     ("pc59", "pascal-context", "pascal-context59")),
     (DatasetInfo("context459", open_context459, LAYOUTS["context459"]), ("pc459", "pascal-context459")),
-    (DatasetInfo("coco-stuff171", open_coco_stuff, LAYOUTS["coco-stuff171"]), ("coco-stuff", "cocostuff", "coco-stuff164k")),
+    (DatasetInfo("coco-stuff171", open_coco_stuff, LAYOUTS["coco-stuff171"]),
+     ("coco-stuff", "cocostuff", "coco-stuff164k")),
     (DatasetInfo("coco-object", open_coco_object, LAYOUTS["coco-object"]), ("coco-object81", "cocoobject")),
     (DatasetInfo("ade150", open_ade20k, LAYOUTS["ade150"]), ("ade20k", "ade")),
     (DatasetInfo("cityscapes", open_cityscapes, LAYOUTS["cityscapes"]), ("cityscapes19",)),

@@ -18,8 +18,16 @@ import numpy as np
 
 from .classes import load_class_names, parse_class_arg
 from .image_io import IMAGE_EXTENSIONS, read_label
-from .segdataset import (_CAMVID_LUT, _CITYSCAPES_LUT, DatasetError, SampleRef, SegDataset, _reduce_zero, lut_map,
-                         reduce_zero_label)
+from .segdataset import (
+    _CAMVID_LUT,
+    _CITYSCAPES_LUT,
+    DatasetError,
+    SampleRef,
+    SegDataset,
+    _reduce_zero,
+    lut_map,
+    reduce_zero_label,
+)
 
 LAYOUTS: dict[str, str] = {}
 _VOC_LAYOUT = """  <root>/[VOCdevkit/][VOC2012/]JPEGImages/<id>.jpg
@@ -153,7 +161,8 @@ def open_context(root: str | Path, split: str = "val", *, background: bool = Tru
     return SegDataset(dataset, load_class_names(dataset), refs, load, 255, base)
 
 
-_CTX459_LABEL_DIRS = ("SegmentationClassContext_459", "annotations_ctx459/{split}", "pascal_ctx_d2/annotations_ctx459/{split}")
+_CTX459_LABEL_DIRS = ("SegmentationClassContext_459", "annotations_ctx459/{split}",
+                      "pascal_ctx_d2/annotations_ctx459/{split}")
 CONTEXT459_IGNORE = 65535
 
 
@@ -177,8 +186,10 @@ def open_context459(
         cands = [b / d.format(split=split) for b in (base, root) for d in _CTX459_LABEL_DIRS]
         labels = next((c for c in cands if c.is_dir()), None)
         if labels is None:
-            mat = " (found trainval/*.mat: convert them first, see the layout below)" if (base / "trainval").is_dir() else ""
-            raise _layout_error(dataset, root, f"no 459-class label folder found{mat}; tried {', '.join(map(str, cands))}")
+            mat = (" (found trainval/*.mat: convert them first, see the layout below)" if (base / "trainval").is_dir()
+                   else "")
+            raise _layout_error(dataset, root, f"no 459-class label folder found{mat}; tried "
+                                f"{', '.join(map(str, cands))}")
     split_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
     if split_file.is_file():
         names = _read_split(split_file)
@@ -211,7 +222,8 @@ def open_ade20k(root: str | Path, split: str = "val") -> SegDataset:
         img_dir, ann_dir = base / "images", base / "annotations"
     refs = [SampleRef(p.stem, p, ann_dir / f"{p.stem}.png") for p in _images_in(img_dir)]
     _check_exist(dataset, root, refs)
-    return SegDataset(dataset, load_class_names("ade150"), refs, lambda r: reduce_zero_label(read_label(r.label_path)), 255, base)
+    return SegDataset(dataset, load_class_names("ade150"), refs, lambda r: reduce_zero_label(read_label(r.label_path)),
+                      255, base)
 
 
 def open_cityscapes(root: str | Path, split: str = "val", *, label_type: str = "auto") -> SegDataset:
@@ -263,7 +275,8 @@ def open_camvid(root: str | Path, split: str = "val") -> SegDataset:
     refs = [SampleRef(n, base / split / f"{n}.png", base / f"{split}annot" / f"{n}.png") for n in names]
     _check_exist(dataset, root, refs)
     return SegDataset(
-        dataset, load_class_names("camvid11"), refs, lambda r: lut_map(read_label(r.label_path), _CAMVID_LUT, r.label_path), 255, base
+        dataset, load_class_names("camvid11"), refs,
+        lambda r: lut_map(read_label(r.label_path), _CAMVID_LUT, r.label_path), 255, base
     )
 
 

@@ -82,7 +82,8 @@ class MaskCLIPConfig:
     scales: tuple[int, ...] | None = option(None, "multi-scale ensemble, e.g. 224,336,520 (probabilities averaged; "
                                             "supplement Table 5)", metavar="S1,S2,...", parse=_ints)
     normalize: Literal["clip", "imagenet"] = option(
-        "imagenet", "input normalisation: 'imagenet' as the authors' configs or CLIP's own", choices=("imagenet", "clip"))
+        "imagenet", "input normalisation: 'imagenet' as the authors' configs or CLIP's own",
+        choices=("imagenet", "clip"))
     interpolation: Literal["bilinear", "bicubic"] = option(
         "bilinear", "image resize filter: bilinear as mmseg or bicubic as CLIP's preprocessing",
         choices=("bilinear", "bicubic"))
@@ -110,7 +111,8 @@ class MaskCLIPConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
-        if not (isinstance(self.logit_scale, (int, float)) and math.isfinite(self.logit_scale) and self.logit_scale > 0):
+        scale = self.logit_scale
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"logit_scale must be a finite number > 0, got {self.logit_scale!r}")
         sizes = [*self.size, self.crop, self.step, *(self.scales or ())]
         if any(not isinstance(v, int) or not 0 < v <= 16384 for v in sizes) or len(self.size) != 2:

@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import SettingsError
 from ..clip.model import CLIP, Bottleneck, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
+from ..errors import SettingsError
 
 ReadOut = Literal["authors", "value-only", "baseline"]
 READOUTS: tuple[str, ...] = ("authors", "value-only", "baseline")

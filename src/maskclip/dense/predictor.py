@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-import os
-
 from ..clip.model import CLIP
 from ..clip.weights import WeightsInfo, load_weights
 from ..data.image_inputs import as_rgb_uint8
 from ..device import resolve_device
-from .config import MaskCLIPConfig
-from .engine import ImageFeatures, MaskCLIP
 from ..io.cache import TextCache
 from ..vocab import BACKGROUND, UNKNOWN, Vocabulary  # noqa: F401 - BACKGROUND, UNKNOWN re-exported
+from .config import MaskCLIPConfig
+from .engine import ImageFeatures, MaskCLIP
 from .text import TextClassifier, build_text_classifier
-
 
 
 @dataclass

@@ -93,9 +93,11 @@ class ConfusionMatrix:
             cm = cls(int(d["num_classes"]), int(d["ignore_index"]))
             m = np.asarray(d["matrix"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a saved confusion matrix ({e}); expected keys num_classes, ignore_index, matrix") from None
+            raise ValueError(f"not a saved confusion matrix ({e}); expected keys num_classes, ignore_index, "
+                             "matrix") from None
         if m.shape != (cm.num_classes, cm.num_classes) or (m < 0).any():
-            raise ValueError(f"saved matrix has shape {m.shape} or negative counts; expected {cm.num_classes}x{cm.num_classes} counts")
+            raise ValueError(f"saved matrix has shape {m.shape} or negative counts; expected "
+                             f"{cm.num_classes}x{cm.num_classes} counts")
         cm.matrix = m
         return cm
 

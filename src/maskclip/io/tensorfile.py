@@ -16,6 +16,7 @@ import json
 import os
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,9 @@ def load_weights_only(path: str | os.PathLike, map_location: str | torch.device 
     if not path.is_file():
         raise CheckedFileError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a TorchScript archive is refused below, never dispatched to jit
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unsafe or broken pickles
         raise CheckedFileError(f"{path}: cannot be loaded safely ({load_error_reason(e)}); maskclip reads files "
                                "with torch.load(weights_only=True) and never runs code stored in them") from None

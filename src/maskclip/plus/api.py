@@ -171,7 +171,7 @@ def _check_mode(job: PlusJob, data: TrainFiles, names: list[str], unseen: list[i
         raise SettingsError("--unseen / --no-teacher apply to --mode zero-shot only")
 
 
-RESUME_KEYS = ("classes", "mode", "unseen", "target", "width", "output_stride", "head_channels")
+RESUME_KEYS = ("class_names", "mode", "unseen", "target", "width", "output_stride", "head_channels")
 
 
 def _check_out_dir(cfg: PlusTrainConfig, record: dict, is_main: bool) -> None:
@@ -223,7 +223,7 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
             print("[maskclip+] annotation-free: the ground truth given is not used", file=sys.stderr)
         data.labels = data.label_reader = None
     t = job.target
-    record = {"classes": names, "class_names": classes, "mode": job.train.mode, "unseen": [names[i] for i in unseen],
+    record = {"classes": classes, "class_names": names, "mode": job.train.mode, "unseen": [names[i] for i in unseen],
               "target": t.name, "width": t.width, "output_stride": t.output_stride, "head_channels": t.head_channels,
               "options": job.options}
     cfg = replace(job.train, unseen_ids=unseen, ignore_index=ignore,
@@ -253,7 +253,7 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
     elif not job.use_teacher:
         data.pseudo = None
     model.meta.update(
-        classes=names, class_names=classes, templates=tmpl, mean=list(cfg.mean), std=list(cfg.std),
+        classes=classes, class_names=names, templates=tmpl, mean=list(cfg.mean), std=list(cfg.std),
         clip=_clip_meta(info, job.teacher), mode=cfg.mode, unseen=[names[i] for i in unseen], unseen_ids=unseen,
         teacher={"settings": asdict(config), "templates": templates} if teacher else None)
     if is_main:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def read_old_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckedFileError(f"{path}: no such file")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")  # refused, not run
             doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unsafe or broken pickles
         raise CheckedFileError(f"{path}: not converted: cannot be loaded safely ({load_error_reason(e)}); only "
@@ -154,6 +156,17 @@ def read_old_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") not in OLD_FORMATS:
         raise PlusFormatError(f"{path}: not an old-format MaskCLIP+ file ({', '.join(OLD_FORMATS)})")
     return doc
+
+
+def upgrade_meta(meta: dict | None) -> dict:
+    """The ".../1" network description in today's names: "classes" are synonym lists and "class_names" the
+    display names, as in the dataset readers (".../1" had them the other way round)."""
+    meta = dict(meta or {})
+    names, classes = meta.get("classes"), meta.get("class_names")
+    if names is not None and all(isinstance(n, str) for n in names):
+        meta["classes"] = classes if classes is not None else [[n] for n in names]
+        meta["class_names"] = list(names)
+    return meta
 
 
 def upgrade_plus_file(old: str | os.PathLike, new: str | os.PathLike) -> str:
@@ -169,10 +182,10 @@ def upgrade_plus_file(old: str | os.PathLike, new: str | os.PathLike) -> str:
     doc = read_old_file(old)
     try:
         if doc["format"] == "maskclip-plus-model/1":
-            save_model_file(new, doc["model"], dict(doc["meta"]), dict(doc.get("extra") or {}))
+            save_model_file(new, doc["model"], upgrade_meta(doc["meta"]), dict(doc.get("extra") or {}))
         else:
             _check_rng(doc["rng"])
-            save_train_file(new, iteration=doc["iteration"], model=doc["model"], meta=dict(doc.get("meta") or {}),
+            save_train_file(new, iteration=doc["iteration"], model=doc["model"], meta=upgrade_meta(doc.get("meta")),
                             optimizer=doc["optimizer"], scaler=doc["scaler"], rng=doc["rng"], config=doc["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise PlusFormatError(f"{old}: not converted: incomplete {doc['format']} file "

@@ -1,6 +1,6 @@
 """Segmentation heads producing CLIP-sized (``embed_dim``) per-pixel features.
 
-Heads never produce class scores: the frozen text classifier (models.TextClassifier) does, which is what
+Heads never produce class scores: the frozen text classifier (models.TextHead) does, which is what
 keeps the trained network open-vocabulary.  Every head takes the backbone's list of stage outputs.
 """
 

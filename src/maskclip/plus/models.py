@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MODEL_NAMES = ("deeplabv2-r101", "deeplabv3plus-r101", "light-r18")
 
 
-class TextClassifier(nn.Module):
+class TextHead(nn.Module):
     """logits[b, k] = <f(feat[b]), t_k> * s, with t_k the L2-normalised text embedding of class k."""
 
     weight: Tensor
@@ -80,7 +80,7 @@ class SegmentationModel(nn.Module):
     ``meta`` records how to rebuild the network (see save_target_model / load_target_model).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, classifier: TextClassifier,
+    def __init__(self, backbone: nn.Module, head: nn.Module, classifier: TextHead,
                  meta: dict[str, Any] | None = None):
         super().__init__()
         self.backbone, self.head, self.classifier = backbone, head, classifier
@@ -150,7 +150,7 @@ def build_target_model(name: str, embed_dim: int, text_embeddings: Tensor, pretr
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     scale_ = logit_scale if logit_scale is not None else (40.0 if normalize_features else 1.0)
-    classifier = TextClassifier(text_embeddings, normalize_features, scale_)
+    classifier = TextHead(text_embeddings, normalize_features, scale_)
     meta = dict(name=name, embed_dim=embed_dim, num_classes=int(text_embeddings.shape[0]), output_stride=os_,
                 base_channels=base_channels, normalize_features=normalize_features, logit_scale=scale_,
                 head_channels=head_channels)
@@ -190,5 +190,5 @@ def load_target_model(path: str | Path, map_location: str | torch.device = "cpu"
     return model
 
 
-__all__ = ["MODEL_NAMES", "TextClassifier", "SegmentationModel", "build_target_model", "save_target_model",
+__all__ = ["MODEL_NAMES", "TextHead", "SegmentationModel", "build_target_model", "save_target_model",
            "load_target_model"]

@@ -26,15 +26,15 @@ from ..clip.model import CLIP
 from ..clip.weights import WeightsError, WeightsInfo, load_weights, random_weights
 from ..data.image_inputs import as_rgb_uint8
 from ..dense.config import MaskCLIPConfig
-from ..dense.preprocess import float_copy, image_view
 from ..dense.engine import autocast, label_dtype
-from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
+from ..dense.predictor import Prediction, finish_prediction
+from ..dense.preprocess import float_copy, image_view
+from ..dense.text import TextClassifier, build_text_classifier
 from ..device import resolve_device
 from ..io.cache import TextCache
-from ..dense.predictor import Prediction, finish_prediction
-from ..dense.text import TextClassifier, build_text_classifier
-from ..vocab import Vocabulary
 from ..normalization import pixel_mean_std
+from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
+from ..vocab import Vocabulary
 from .formats import PlusFormatError, is_plus_file
 from .models import SegmentationModel, load_target_model
 
@@ -87,7 +87,8 @@ class PlusPredictor:
         rec = self.meta.get("templates")
         self.templates: str | list[str] = templates if templates is not None else (rec if rec else "85")
         self._clip_arg = clip
-        self._quick_gelu = quick_gelu if quick_gelu is not None else bool(self.meta.get("clip", {}).get("quick_gelu", True))
+        recorded = bool(self.meta.get("clip", {}).get("quick_gelu", True))
+        self._quick_gelu = quick_gelu if quick_gelu is not None else recorded
         self._clip: CLIP | None = None
         self._text_cache: TextCache | None = None
         mean, std = pixel_mean_std("imagenet")  # the authors' configs, unless the checkpoint says otherwise
@@ -108,7 +109,8 @@ class PlusPredictor:
 
     @property
     def trained_classes(self) -> list[str]:
-        return list(self.meta.get("classes") or [])
+        """Display names of the classes the network was trained on (its stored classifier's rows)."""
+        return list(self.meta.get("class_names") or [])
 
     # ---- text side ----------------------------------------------------------------------------------
     def text_encoder(self) -> CLIP:

@@ -81,7 +81,7 @@ def check_no_unseen_leak(gt: Tensor | np.ndarray, unseen_ids: Sequence[int] | Te
         raise ValueError(
             f"ground-truth leakage{(' in ' + where) if where else ''}: unseen class id(s) {present.tolist()} "
             "appear in the labels given to zero-shot training. Remove them from the annotations or let the "
-            "loader suppress them (TrainConfig.suppress_unseen=True maps them to UNLABELED).")
+            "loader suppress them (PlusTrainConfig.suppress_unseen=True maps them to UNLABELED).")
 
 
 def suppress_classes(gt: Tensor, ids: Sequence[int] | Tensor, unlabeled_value: int = UNLABELED) -> Tensor:

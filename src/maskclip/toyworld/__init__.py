@@ -6,8 +6,19 @@ end-to-end proof that the dense MaskCLIP path works.
 """
 
 from .captions import TEMPLATES, caption_for
-from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, STUFF, WORLD_SIZE, ObjectInfo, Scene, World,
-                    WorldConfig, render_scene)
+from .world import (
+                    CLASSES,
+                    COLOURS,
+                    HELDOUT_PAIRS,
+                    OBJECTS,
+                    STUFF,
+                    WORLD_SIZE,
+                    ObjectInfo,
+                    Scene,
+                    World,
+                    WorldConfig,
+                    render_scene,
+)
 
 __all__ = ["TEMPLATES", "caption_for", "CLASSES", "COLOURS", "HELDOUT_PAIRS", "OBJECTS", "STUFF", "ObjectInfo",
            "Scene", "World", "WorldConfig", "render_scene", "WORLD_SIZE"]

@@ -10,12 +10,12 @@ import gzip
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ..clip.model import CLIP
+from ..io.atomic import atomic_write, write_text
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -31,10 +31,8 @@ def export_gzip(model: CLIP, path: str | Path, dtype: torch.dtype = torch.float1
     torch.save(sd, buf)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
+    with atomic_write(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
         gz.write(buf.getvalue())
-    os.replace(tmp, path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -43,9 +41,7 @@ def update_manifest(name: str, entry: dict, weights_dir: str | Path = WEIGHTS_DI
     path = Path(weights_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     manifest[name] = entry
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 
@@ -54,8 +50,15 @@ def bundle(model: CLIP, name: str, description: str, train_command: str, weights
            log=print) -> dict:
     """Export `model` as `<name>.pt.gz`, measure it through the fp16 round trip, write its manifest entry."""
     from ..clip.weights import load_clip
-    from .evaluate import (VARIANTS, WORLD_SIZE, evaluate_segmentation, heldout_scenes, recommended_settings,
-                           toy_config, variants_for)
+    from .evaluate import (
+        VARIANTS,
+        WORLD_SIZE,
+        evaluate_segmentation,
+        heldout_scenes,
+        recommended_settings,
+        toy_config,
+        variants_for,
+    )
 
     weights_dir = Path(weights_dir)
     file = f"{name}.pt.gz"

@@ -16,8 +16,18 @@ from ..dense import MaskCLIP, MaskCLIPConfig, TextClassifier, build_text_classif
 from ..dense.preprocess import normalize as _normalize
 from ..eval.metrics import ConfusionMatrix
 from .captions import TEMPLATES
-from .world import (CLASSES, COLOURS, HELDOUT_PAIRS, OBJECTS, WORLD_SIZE, Scene, World, WorldConfig, render_scene,
-                    scene_rng)
+from .world import (
+    CLASSES,
+    COLOURS,
+    HELDOUT_PAIRS,
+    OBJECTS,
+    WORLD_SIZE,
+    Scene,
+    World,
+    WorldConfig,
+    render_scene,
+    scene_rng,
+)
 
 # MaskCLIP settings for the toy world: CLIP normalisation (the toy CLIP was trained with it), the
 # image at its own size in one pass (or at the model's training input size: see `toy_config`).

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from ..clip.model import CLIP, CLIPConfig
 from ..clip.tokenizer import tokenize
+from ..io.atomic import save_torch, write_text
 from ..io.tensorfile import CheckedFileError, load_weights_only
 from .captions import TEMPLATES, article
 from .world import CLASSES, COLOURS, OBJECTS, World, WorldConfig
@@ -47,7 +47,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
-class TrainConfig:
+class ToyTrainConfig:
     """One training run. The defaults are the bundled `toy-vit` recipe."""
 
     arch: str = "vit"  # "vit" or "resnet"
@@ -107,7 +107,7 @@ def world_token_ids() -> torch.Tensor:
     return torch.unique(ids[ids > 0])
 
 
-def new_model(config: TrainConfig) -> CLIP:
+def new_model(config: ToyTrainConfig) -> CLIP:
     torch.manual_seed(config.seed)
     model = CLIP(config.clip_config())
     keep = torch.zeros(model.vocab_size, dtype=torch.bool)
@@ -158,7 +158,7 @@ def make_batch(world: World, step: int, batch_size: int, context_length: int, tw
 class _Batches(torch.utils.data.Dataset):
     """Training batch `step` as a dataset item, so DataLoader workers can render ahead of the model."""
 
-    def __init__(self, world: World, config: TrainConfig, start: int):
+    def __init__(self, world: World, config: ToyTrainConfig, start: int):
         self.world, self.config, self.start = world, config, start
 
     def __len__(self) -> int:
@@ -170,7 +170,7 @@ class _Batches(torch.utils.data.Dataset):
                           c.image_size)
 
 
-def batches(world: World, config: TrainConfig, start: int):
+def batches(world: World, config: ToyTrainConfig, start: int):
     """Batches start .. steps-1 in order; rendered by `config.workers` processes (or in-line with 0).
 
     Every batch is a pure function of its step, so prefetching changes nothing but the speed.
@@ -199,7 +199,7 @@ def _autocast(amp: str, device: str) -> torch.autocast:
     return torch.autocast(device_type=kind, dtype=dtypes[amp] or torch.float32, enabled=amp != "none")
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
+def lr_at(step: int, config: ToyTrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     t = (step - config.warmup) / max(1, config.steps - config.warmup)
@@ -207,9 +207,7 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_torch(path, obj)
 
 
 def _model_fields(config: dict) -> dict:
@@ -217,7 +215,7 @@ def _model_fields(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("log_every", "ckpt_every", "workers")}
 
 
-def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume: bool = True,
+def train(config: ToyTrainConfig, out_dir: str | Path, device: str = "cpu", resume: bool = True,
           log=print) -> CLIP:
     """Train (or resume) a toy CLIP; writes `checkpoint.pt`, `model.pt` and `log.jsonl` under `out_dir`."""
     out = Path(out_dir)
@@ -240,7 +238,7 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
         log(f"resumed from {ckpt_path} at step {start}")
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_text(out / "config.json", json.dumps(asdict(config), indent=2))
     model.train()
     autocast = _autocast(config.amp, device)
     t0 = time.time()
@@ -273,9 +271,9 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = "cpu", resume:
     return model
 
 
-def config_from_dict(d: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
+def config_from_dict(d: dict) -> ToyTrainConfig:
+    names = {f.name for f in fields(ToyTrainConfig)}
     unknown = set(d) - names
     if unknown:
         raise ValueError(f"unknown training options {sorted(unknown)}")
-    return TrainConfig(**d)
+    return ToyTrainConfig(**d)
