@@ -22,6 +22,7 @@ def tiny_weights(tiny_vit, tmp_path_factory):
 FAST = ("--templates", "single", "--size", "96", "--quiet")
 
 
+@pytest.mark.slow
 def test_eval_coco_object_end_to_end_and_resume(shared_data, tiny_weights, tmp_path, capsys):
     out = tmp_path / "coco"
     args = ["eval", "--dataset", "coco-object", "--root", str(shared_data / "coco-val2017-mini"), "--weights",

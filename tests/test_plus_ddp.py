@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +58,7 @@ def run(out_dir):
     return res, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_single_process(tmp_path):
     n = torch.get_num_threads()
     try:

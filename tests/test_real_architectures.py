@@ -13,6 +13,7 @@ from maskclip.clip.weights import random_clip
 from maskclip.data.image_io import read_image, read_label
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ViT-B/16", "RN50"])
 def test_segment_real_architecture_on_shared_images(arch, shared_data, tmp_path):
     imgs = tmp_path / "in"

@@ -188,6 +188,7 @@ def test_toy_config_resizes_scenes_to_a_models_input_size():
     assert toy_config(rn, readout="baseline").readout == "baseline"
 
 
+@pytest.mark.slow
 def test_resnet_trainer_on_resized_scenes_learns(tmp_path):
     cfg = ToyTrainConfig(arch="resnet", image_size=64, world_size=32, vision_width=8, embed_dim=32, text_width=64,
                       text_layers=1, context_length=32, batch_size=16, lr=2e-3, warmup=5, log_every=5,
@@ -209,6 +210,7 @@ def tiny_run(tmp_path_factory):
     return model, _log(out / "log.jsonl")
 
 
+@pytest.mark.slow
 def test_trainer_loss_decreases(tiny_run):
     _, log = tiny_run
     first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-2:]])
@@ -226,6 +228,7 @@ def test_unused_token_rows_start_and_stay_zero(tiny_run):
     assert (w[used].abs().sum(1) > 0).all()
 
 
+@pytest.mark.slow
 def test_trainer_resume_continues_the_same_run(tmp_path):
     cfg = ToyTrainConfig(**{**TINY, "log_every": 2, "ckpt_every": 5}, steps=10)
     full = train(cfg, tmp_path / "full", log=lambda *_: None)
@@ -249,6 +252,7 @@ def test_trainer_resume_continues_the_same_run(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_fresh_run_starts_its_log_anew(tmp_path):
     """--no-resume over an old run: the log (and so the bundle's train_seconds) is of the new run only."""
     cfg = ToyTrainConfig(**{**TINY, "log_every": 1}, steps=3)

@@ -26,6 +26,7 @@ from typing import IO
 import torch
 
 from ..io.safe_pickle import ArchiveError, read_torchscript_state_dict
+from ..io.tensorfile import load_error_reason
 from .download import WeightsError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -115,20 +116,20 @@ def _read_object(path: Path) -> object:
                 return torch.load(f, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
                 if "weights only" not in str(e).lower():
-                    raise _refuse(path, f"UnpicklingError: {e}") from None
+                    raise _refuse(path, load_error_reason(e)) from None
                 raise WeightsError(
                     f"{path}: holds Python objects besides tensors (e.g. training arguments); maskclip reads "
                     "checkpoints with torch.load(weights_only=True) and never unpickles arbitrary objects. "
                     "If you trust the file, load it yourself and re-save only its state dict: "
                     "torch.save(checkpoint['state_dict'], 'clip.pt')") from None
             except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles
-                raise _refuse(path, f"{type(e).__name__}: {e}") from None
+                raise _refuse(path, load_error_reason(e)) from None
         if _is_safetensors(head):
             return _read_safetensors(f, path)
         try:
             return torch.load(f, map_location="cpu", weights_only=True)  # legacy (pre-1.6) format
         except Exception as e:  # noqa: BLE001
-            raise _refuse(path, f"{type(e).__name__}: {e}") from None
+            raise _refuse(path, load_error_reason(e)) from None
 
 
 def _unwrap(obj: object, path: Path) -> Mapping:
