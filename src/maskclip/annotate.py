@@ -28,7 +28,7 @@ from .data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_
 from .dense.predictor import Prediction
 from .io.atomic import write_json
 from .io.layout import OutputLayout, output_names
-from .render import heatmap, overlay_with_legend, palette
+from .render import heatmap, label_counts, overlay_with_legend, palette
 from .tiling import resized_size
 from .vocab import Vocabulary
 
@@ -98,7 +98,7 @@ def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Pred
     if heatmaps and pred.probs is not None:
         for i, cls in enumerate(pred.classes[: pred.probs.shape[0]]):
             write_png_atomic(layout.heatmaps(name) / f"{i:03d}_{_safe(cls)}.png", heatmap(image, pred.probs[i]))
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(pred.classes))
+    counts = label_counts(labels, len(pred.classes))
     record = {
         **meta,
         "image_size": [int(labels.shape[0]), int(labels.shape[1])],

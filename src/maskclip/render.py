@@ -28,22 +28,43 @@ def palette(n: int, first: np.ndarray | None = None) -> np.ndarray:
     return np.concatenate([base, extra])
 
 
+_BLOCK = 1 << 20  # pixels per block: large label maps are drawn in row blocks, so memory stays bounded
+
+
+def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
+    rows = max(1, _BLOCK // max(1, shape[1]))
+    return [slice(r, min(shape[0], r + rows)) for r in range(0, shape[0], rows)]
+
+
 def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255) -> np.ndarray:
     """Label map [H, W] -> RGB; out-of-range and ignore pixels are black."""
-    lab = labels.astype(np.int64)
-    valid = (lab >= 0) & (lab < len(colors))
-    if ignore_index is not None:
-        valid &= lab != ignore_index
-    out = np.zeros((*lab.shape, 3), dtype=np.uint8)
-    out[valid] = colors[lab[valid]]
+    out = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    for rows in _row_blocks(labels.shape):
+        lab = labels[rows].astype(np.int64)
+        valid = (lab >= 0) & (lab < len(colors))
+        if ignore_index is not None:
+            valid &= lab != ignore_index
+        out[rows][valid] = colors[lab[valid]]
     return out
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.55,
             ignore_index: int | None = 255) -> np.ndarray:
     """Blend the colourised labels over the image."""
-    color = colorize(labels, colors, ignore_index).astype(np.float32)
-    return (image.astype(np.float32) * (1 - alpha) + color * alpha).round().clip(0, 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for rows in _row_blocks(labels.shape):
+        color = colorize(labels[rows], colors, ignore_index).astype(np.float32)
+        blend = image[rows].astype(np.float32) * (1 - alpha) + color * alpha
+        out[rows] = blend.round().clip(0, 255).astype(np.uint8)
+    return out
+
+
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per label 0..n-1 (bincount in row blocks: no full-size int64 copy of a large map)."""
+    counts = np.zeros(n, dtype=np.int64)
+    for rows in _row_blocks(labels.shape):
+        counts += np.bincount(labels[rows].ravel(), minlength=n)[:n]
+    return counts
 
 
 def _font(size: int = 12) -> ImageFont.ImageFont:
@@ -85,7 +106,8 @@ def hstack(images: Sequence[np.ndarray], gap: int = 4, titles: Sequence[str] | N
 
 def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[str], colors: np.ndarray,
                         ignore_index: int | None = 255) -> np.ndarray:
-    present = [int(i) for i in np.unique(labels) if 0 <= i < len(names) and i != ignore_index]
+    counts = label_counts(labels, len(names))
+    present = [i for i in range(len(names)) if counts[i] and i != ignore_index]
     return hstack([overlay(image, labels, colors, ignore_index=ignore_index), legend(names, colors, present)])
 
 
