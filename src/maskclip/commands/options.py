@@ -85,8 +85,7 @@ def add_config_options(group: Any, cls: type, flags: dict[str, str] | None = Non
                 kw["choices"] = meta["choices"]
             if meta.get("parse") is not None:
                 kw["type"] = _type(meta["parse"])
-            if meta.get("metavar"):
-                kw["metavar"] = meta["metavar"]
+            kw["metavar"] = meta.get("metavar") or (None if "choices" in kw else f.name.upper())
         group.add_argument(flag, *meta.get("aliases", ()), **kw)
 
 

@@ -20,6 +20,7 @@ from ..plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskcli
 from ..plus.config import PlusTrainConfig
 from ..plus.models import MODEL_NAMES
 from .common import add_maskclip_options, add_model_options, overrides_from_args, resolve_device, templates_from_arg
+from .options import bounded_int, positive_float
 
 EPILOG = """examples:
   # annotation-free (paper: VOC 2k iterations, batch 16, 512x512 crops), MaskCLIP ViT-B/16 teacher
@@ -79,8 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CLIP text embeddings, on MaskCLIP's labels of each augmented crop "
                                    "(annotation-free) or on seen-class ground truth plus MaskCLIP labels of the "
                                    "unseen classes (transductive zero-shot). Defaults are the paper's.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-)
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _data_options(p)
+    _mode_options(p)
+    _target_options(p)
+    _schedule_options(p, d)
+    _run_options(p, d)
+    add_model_options(p)
+    # the teacher's MaskCLIP settings; its whole/slide --mode is --teacher-mode here
+    add_maskclip_options(p, flags={"mode": "--teacher-mode"}, prefix="teacher_")
+    p.set_defaults(func=run)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (either --images [--labels] or --dataset --root)")
     g.add_argument("--images", type=Path, metavar="DIR", help="folder of training images")
     g.add_argument("--labels", type=Path, metavar="DIR",
@@ -102,12 +114,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "running the teacher during training (matched by image path or file stem, classes by name; "
                         "for zero-shot label with the unseen classes only)")
 
+
+def _mode_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classes and mode")
     g.add_argument("--classes", default=None,
                    help="comma-separated names, a file (one class a line, synonyms comma-separated) or a packaged "
                         "list (voc20, context59, coco_stuff171, ...); label ids index into it. Default with "
                         "--dataset: the dataset's classes")
-    mode_group = g
     g.add_argument("--unseen", default=None, metavar="NAMES",
                    help="zero-shot: comma-separated unseen class names (or ids) among --classes")
     g.add_argument("--suppress-unseen", action="store_true",
@@ -117,7 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-teacher", action="store_true",
                    help="zero-shot baseline: train on the seen-class ground truth alone (unseen pixels ignored, no "
                         "pseudo labels, no self-training)")
+    g.add_argument(
+        "--mode", choices=["annotation-free", "zero-shot"], default="annotation-free",
+        help="annotation-free: MaskCLIP labels every pixel, no ground truth used; zero-shot (transductive): "
+             "ground truth for the seen classes, MaskCLIP labels among the --unseen classes on the pixels "
+             "without ground truth (default: annotation-free)")
 
+
+def _target_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target network")
     g.add_argument("--target", choices=MODEL_NAMES, default="deeplabv2-r101",
                    help="deeplabv2-r101 (paper: VOC, COCO-Stuff, annotation-free), deeplabv3plus-r101 (paper: "
@@ -128,23 +148,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "downloaded once; the paper), a local backbone checkpoint, or 'none' (random; warned)")
     g.add_argument("--output-stride", type=int, choices=[8, 16], default=None,
                    help="backbone output stride (default: 8 for the r101 models, 16 for light-r18)")
-    g.add_argument("--width", type=int, default=64,
+    g.add_argument("--width", type=bounded_int(1, 1024), default=64,
                    help="backbone base width (64 = the standard ResNet; smaller only with --pretrained none, "
                         "e.g. for CPU experiments)")
-    g.add_argument("--head-channels", type=int, default=128, help="light-r18 head width (default 128)")
+    g.add_argument("--head-channels", type=bounded_int(1, 4096), default=128, help="light-r18 head width (default 128)")
 
+
+def _schedule_options(p: argparse.ArgumentParser, d: PlusTrainConfig) -> None:
     g = p.add_argument_group("schedule (defaults: the paper)")
-    g.add_argument("--iterations", type=int, default=d.iterations,
+    g.add_argument("--iterations", type=bounded_int(1, 10 ** 8), default=d.iterations,
                    help=f"training iterations (default {d.iterations}; paper annotation-free: 2000 VOC, 4000 "
                         "Context, 8000 COCO-Stuff; zero-shot: 20000/40000/80000)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
+    g.add_argument("--batch-size", type=bounded_int(1, 65536), default=d.batch_size,
                    help=f"GLOBAL batch size, split evenly over torchrun processes (default {d.batch_size})")
     g.add_argument("--crop-size", type=_size, default=d.crop_size, metavar="N|H,W",
                    help="training crop (default 512; Pascal Context 480)")
     g.add_argument("--scale", type=_size, default=d.scale, metavar="L,S",
                    help="base (long, short) size of the random resize by 0.5-2.0 (default 2048,512; Pascal Context "
                         "520,520)")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate, poly decay (default {d.lr})")
+    g.add_argument("--lr", type=positive_float, default=d.lr, help=f"SGD learning rate, poly decay (default {d.lr})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay}")
     g.add_argument("--self-train-after", type=_fraction_or_word, default="auto", metavar="FRACTION|auto|never",
                    help="fraction of the schedule after which the network labels its own crops (self-training); "
@@ -158,28 +180,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mixed precision (fp16 autocast + loss scaling) on GPUs; CPUs always train in fp32")
     g.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the crop stream")
 
+
+def _run_options(p: argparse.ArgumentParser, d: PlusTrainConfig) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="output directory")
     g.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (exactly: the same crops and updates as an uninterrupted "
                         "run). Without it an existing checkpoint in OUT is an error")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+    g.add_argument("--checkpoint-every", type=bounded_int(1, 10 ** 8), default=d.checkpoint_every,
                    help=f"write OUT/checkpoint.pt every K iterations (default {d.checkpoint_every})")
-    g.add_argument("--log-every", type=int, default=d.log_every, help=f"log every N iterations (default {d.log_every})")
-    g.add_argument("--workers", type=int, default=d.num_workers,
+    g.add_argument("--log-every", type=bounded_int(1, 10 ** 8), default=d.log_every,
+                   help=f"log every N iterations (default {d.log_every})")
+    g.add_argument("--workers", type=bounded_int(0, 256), default=d.num_workers,
                    help=f"data-loading processes (default {d.num_workers})")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--threads", type=bounded_int(1, 1024), default=None,
+                   help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    mode_group.add_argument(
-        "--mode", choices=["annotation-free", "zero-shot"], default="annotation-free",
-        help="annotation-free: MaskCLIP labels every pixel, no ground truth used; zero-shot (transductive): "
-             "ground truth for the seen classes, MaskCLIP labels among the --unseen classes on the pixels "
-             "without ground truth (default: annotation-free)")
-    add_model_options(p)
-    # the teacher's MaskCLIP settings; its whole/slide --mode is --teacher-mode here
-    add_maskclip_options(p, flags={"mode": "--teacher-mode"}, prefix="teacher_")
-    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------------------------------------
