@@ -238,3 +238,38 @@ def test_long_inline_list_is_never_tried_as_a_path_and_a_bare_word_is_warned(tin
     assert len(json.loads((out / "labels" / "a.json").read_text())["classes"]) == 40
     assert _segment(str(img), "--classes", "voc2O", "--weights", str(tiny_ckpt), "--out", str(out)) == 0
     assert "taken as one class" in capsys.readouterr().err
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size_and_labelled_at_full_size(tiny_vit, tmp_path):
+    from maskclip.annotate import LabelOptions, label_files
+    from maskclip.dense import MaskCLIPPredictor
+    from maskclip.io.layout import OutputLayout
+    from maskclip.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    jpg = tmp_path / "big.jpg"
+    Image.fromarray((rng.random((160, 240, 3)) * 255).astype(np.uint8)).save(jpg, quality=90)
+    p = MaskCLIPPredictor(tiny_vit, device="cpu", templates="single", size=(64, 64))
+    layout = OutputLayout(tmp_path / "out")
+    opts = LabelOptions(progress=False, reduced_decode_pixels=10_000)  # "large" for this test: > 10k pixels
+    report = label_files(p, [jpg], layout, Vocabulary.of(["cat", "dog"]), {"model": "tiny"}, opts)
+    assert report.written == [str(jpg)]
+    meta = json.loads(layout.sidecar("big").read_text())
+    assert meta["image_size"] == [160, 240] and meta["decoded_size"] == [80, 120]  # 1/2: still >= the 43x64 work
+    labels = np.asarray(Image.open(layout.label("big")))
+    assert labels.shape == (160, 240)
+    small = np.asarray(Image.open(layout.overlay("big")))
+    assert small.shape[0] == 80  # the overlay is drawn at the decoded size
+    assert np.array_equal(labels[::2, ::2], labels[1::2, 1::2])  # nearest upsampling of the reduced labels
+
+
+def test_sigterm_becomes_an_exit_that_cleans_up(tmp_path):
+    import signal
+
+    from maskclip.cli import sigterm_exits
+
+    target = tmp_path / "out.json"
+    with pytest.raises(SystemExit) as e, sigterm_exits(), atomic_write(target, "w") as f:
+        f.write("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert e.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []

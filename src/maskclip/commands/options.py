@@ -27,26 +27,24 @@ def bounded_int(lo: int, hi: int):
     return parse
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1] (thresholds on probabilities)."""
+def _number(text: str, ok, expected: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not (math.isfinite(v) and 0 <= v <= 1):
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return v
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (thresholds on probabilities)."""
+    return _number(text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
+    return _number(text, lambda v: v > 0, "a finite number > 0")
 
 
 _NAMED = {"fraction": fraction, "positive_float": positive_float}

@@ -26,9 +26,11 @@ from ..dense.text import build_text_classifier, resolve_templates
 from ..errors import SettingsError
 from ..io.atomic import dumps_json, write_text
 from ..io.label_index import read_label_index
+from ..io.layout import check_out_dir
 from ..vocab import parse_vocabulary
 from .config import PlusTrainConfig
 from .data import TrainFiles, check_ground_truth, pair_labels
+from .distributed import DistInfo, training_device
 from .loop import train
 from .models import build_target_model
 from .teacher import MaskCLIPTeacher, class_embeddings
@@ -209,15 +211,28 @@ def _clip_meta(info: WeightsInfo, spec: TeacherSpec) -> dict:
     return {"name": name, "sha256": info.sha256, "quick_gelu": spec.quick_gelu}
 
 
-def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
-                        progress: bool = True) -> dict[str, Any]:
-    """Check everything, build the teacher, the text classifier and the target network, write run.json,
-    and train (see loop.train for the returned summary). Run under torchrun for several processes."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
+@dataclass
+class _Plan:
+    """What the checks produced: the training items, classes, unseen ids, the full config and run record."""
+
+    data: TrainFiles
+    classes: list[list[str]]
+    unseen: list[int]
+    cfg: PlusTrainConfig
+    record: dict
+
+    @property
+    def names(self) -> list[str]:
+        return [c[0] for c in self.classes]
+
+
+def _plan(job: PlusJob, device: str | torch.device | None, progress: bool, is_main: bool) -> _Plan:
+    """Every check before any model loads: the data, the classes, the mode, the output folder."""
+    check_out_dir(Path(job.train.out_dir))
     data, classes, ignore = load_training_data(job.data)
     names = [c[0] for c in classes]
     unseen = parse_unseen(job.unseen, names)
-    _check_mode(job, data, names, unseen, ignore, progress and is_main)
+    _check_mode(job, data, names, unseen, ignore, progress)
     if job.train.mode != "zero-shot":
         if data.has_labels() and is_main:
             print("[maskclip+] annotation-free: the ground truth given is not used", file=sys.stderr)
@@ -226,19 +241,23 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
     record = {"classes": classes, "class_names": names, "mode": job.train.mode, "unseen": [names[i] for i in unseen],
               "target": t.name, "width": t.width, "output_stride": t.output_stride, "head_channels": t.head_channels,
               "options": job.options}
+    zero_shot = job.train.mode == "zero-shot"
     cfg = replace(job.train, unseen_ids=unseen, ignore_index=ignore,
-                  seen_ids=[i for i in range(len(names)) if i not in unseen] if job.train.mode == "zero-shot" else None,
+                  seen_ids=[i for i in range(len(names)) if i not in unseen] if zero_shot else None,
                   self_train_after=job.train.self_train_after if job.use_teacher else None,
-                  device=str(device) if device is not None else job.train.device,
                   extra={"options": job.options})
     _check_out_dir(cfg, record, is_main)
-    dev = torch.device(cfg.device) if cfg.device else (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                                                        if torch.cuda.is_available() else torch.device("cpu"))
-    cfg = replace(cfg, device=str(dev))
+    requested = str(device) if device is not None else cfg.device
+    dev = training_device(requested, DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+    return _Plan(data, classes, unseen, replace(cfg, device=str(dev)), record)
+
+
+def _networks(job: PlusJob, plan: _Plan, is_main: bool) -> tuple[torch.nn.Module, MaskCLIPTeacher | None, str]:
+    """The target network (its frozen classifier: the teacher CLIP's text embeddings) and the teacher."""
+    cfg, t, dev = plan.cfg, job.target, torch.device(plan.cfg.device)
     clip, info = _load_teacher_clip(job.teacher, dev)
     config, templates = job.teacher.settings(info)
-    tmpl = list(resolve_templates(templates))
-    text = build_text_classifier(clip, classes, templates)
+    text = build_text_classifier(clip, plan.classes, templates)
     torch.manual_seed(cfg.seed)
     try:
         model = build_target_model(t.name, clip.embed_dim, class_embeddings(text), t.pretrained,
@@ -247,25 +266,36 @@ def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         raise SettingsError(f"--target {t.name} --pretrained {t.pretrained or 'none'}: {err}") from None
     teacher = None
-    uses_files = job.data.pseudo_dir is not None
-    if job.use_teacher and not uses_files:
+    if job.use_teacher and job.data.pseudo_dir is None:
         teacher = MaskCLIPTeacher(MaskCLIP(clip, config), text.to(dev), cfg.mean, cfg.std)
-    elif not job.use_teacher:
-        data.pseudo = None
+    names = plan.names
     model.meta.update(
-        classes=classes, class_names=names, templates=tmpl, mean=list(cfg.mean), std=list(cfg.std),
-        clip=_clip_meta(info, job.teacher), mode=cfg.mode, unseen=[names[i] for i in unseen], unseen_ids=unseen,
-        teacher={"settings": asdict(config), "templates": templates} if teacher else None)
+        classes=plan.classes, class_names=names, templates=list(resolve_templates(templates)), mean=list(cfg.mean),
+        std=list(cfg.std), clip=_clip_meta(info, job.teacher), mode=cfg.mode, unseen=[names[i] for i in plan.unseen],
+        unseen_ids=plan.unseen, teacher={"settings": asdict(config), "templates": templates} if teacher else None)
+    source = ("precomputed pseudo labels" if job.data.pseudo_dir is not None else
+              f"MaskCLIP teacher {info.name}" if job.use_teacher else "ground truth only")
+    return model, teacher, source
+
+
+def train_maskclip_plus(job: PlusJob, device: str | torch.device | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Check everything, build the teacher, the text classifier and the target network, write run.json,
+    and train (see loop.train for the returned summary). Run under torchrun for several processes."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    plan = _plan(job, device, progress and is_main, is_main)
+    model, teacher, source = _networks(job, plan, is_main)
+    if not job.use_teacher:
+        plan.data.pseudo = None
+    cfg = plan.cfg
     if is_main:
-        write_text(Path(cfg.out_dir) / "run.json", dumps_json({**record, "train_config": asdict(cfg),
+        write_text(Path(cfg.out_dir) / "run.json", dumps_json({**plan.record, "train_config": asdict(cfg),
                                                                "meta": model.meta}, indent=1))
-        src = ("precomputed pseudo labels" if uses_files else
-               f"MaskCLIP teacher {info.name}" if job.use_teacher else "ground truth only")
-        st = cfg.self_train_start()
-        print(f"[maskclip+] {cfg.mode}: {len(data)} images, {len(names)} classes"
-              f"{f' ({len(unseen)} unseen)' if unseen else ''}, {t.name} <- {src}; "
+        st, n_unseen = cfg.self_train_start(), len(plan.unseen)
+        print(f"[maskclip+] {cfg.mode}: {len(plan.data)} images, {len(plan.classes)} classes"
+              f"{f' ({n_unseen} unseen)' if n_unseen else ''}, {job.target.name} <- {source}; "
               f"self-training {'from iteration ' + str(st) if st is not None else 'off'}", file=sys.stderr)
-    return train(replace(cfg, progress=progress and is_main), model, data, teacher)
+    return train(replace(cfg, progress=progress and is_main), model, plan.data, teacher)
 
 
 __all__ = ["PlusData", "PlusJob", "TargetSpec", "TeacherSpec", "load_training_data", "parse_unseen",
