@@ -16,7 +16,7 @@ from ..dense.text import resolve_templates
 from ..errors import SettingsError
 from ..io.layout import OutputLayout, check_no_overwrite, check_out_dir, output_names
 from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
-from ..vocab import Vocabulary, parse_classes, parse_vocabulary
+from ..vocab import Vocabulary, parse_vocabulary
 from .common import (
     add_image_options,
     add_maskclip_options,
@@ -63,11 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
-
-
-def classes_from_arg(text: str) -> list[list[str]]:
-    """--classes as synonym lists: 'cat,dog', a class file, or a packaged list name (voc20, context59, ...)."""
-    return [list(c) for c in parse_classes(text, warn=warn)]
 
 
 @dataclass
