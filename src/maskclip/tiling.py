@@ -25,16 +25,19 @@ Window = tuple[int, int, int, int]  # (y1, y2, x1, x2) in the resized image
 
 def resized_size(h: int, w: int, resize: str, size: Sequence[int]) -> tuple[int, int]:
     """Target (H', W'): "fit" keeps the aspect ratio within (long, short) = size (mmseg's keep_ratio rule),
-    "short" sets the short side to size[0], "none" keeps the image as it is."""
+    "short" sets the short side to size[0], "squash" resizes to exactly size = (width, height) (mmcv's
+    keep_ratio=False, the authors' 224x224 configs), "none" keeps the image as it is."""
     if resize == "none":
         return h, w
+    if resize == "squash":  # mmcv's keep_ratio=False: exactly the scale (width, height)
+        return max(1, int(size[-1])), max(1, int(size[0]))
     if resize == "short":
         scale = size[0] / min(h, w)
     elif resize == "fit":
         long_edge, short_edge = max(size), min(size)
         scale = min(long_edge / max(h, w), short_edge / min(h, w))
     else:
-        raise ValueError(f"resize must be 'fit', 'short' or 'none', got {resize!r}")
+        raise ValueError(f"resize must be 'fit', 'short', 'squash' or 'none', got {resize!r}")
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
@@ -81,12 +84,16 @@ def plan_windows(h: int, w: int, mode: str, crop: int, step: int, max_pixels: in
     return WindowPlan((h, w), windows, padded)
 
 
-def window_batches(x: torch.Tensor, plan: WindowPlan, batch_size: int) -> Iterator[torch.Tensor]:
-    """Batches of windows of the resized image x [1, C, H', W'], zero-padded (bottom, right) to plan.padded."""
+def window_batches(x: torch.Tensor, plan: WindowPlan, batch_size: int, centre: bool = False) -> Iterator[torch.Tensor]:
+    """Batches of windows of the resized image x [1, C, H', W'], zero-padded to plan.padded: bottom and right,
+    or (`centre`) on both sides with the smaller half first (top = (ph - wh) // 2)."""
     (wh, ww), (ph, pw) = plan.window, plan.padded
+    top, left = ((ph - wh) // 2, (pw - ww) // 2) if centre else (0, 0)
     for start in range(0, len(plan.windows), batch_size):
         batch = torch.cat([x[..., y1:y2, x1:x2] for (y1, y2, x1, x2) in plan.windows[start:start + batch_size]])
-        yield batch if (ph, pw) == (wh, ww) else F.pad(batch, (0, pw - ww, 0, ph - wh))
+        if (ph, pw) != (wh, ww):
+            batch = F.pad(batch, (left, pw - ww - left, top, ph - wh - top))
+        yield batch
 
 
 def stitch(maps: Sequence[torch.Tensor] | torch.Tensor, plan: WindowPlan) -> torch.Tensor:

@@ -47,6 +47,7 @@ class Vocabulary:
     threshold: float | None = None
     allow_shared: bool = False
     below_threshold: int | None = None  # the class of pixels below the threshold (default: module docstring)
+    display: tuple[str, ...] | None = None  # names shown per class when not the first synonym (published lists)
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -54,6 +55,8 @@ class Vocabulary:
         for i, c in enumerate(self.classes):
             if not c:
                 raise SettingsError(f"class {i + 1} has no name")
+        if self.display is not None and len(self.display) != len(self.classes):
+            raise SettingsError(f"{len(self.display)} display names for {len(self.classes)} classes")
         if self.below_threshold is not None and not 0 <= self.below_threshold < len(self.classes):
             raise SettingsError(f"below_threshold {self.below_threshold} is not a class index "
                                 f"(0..{len(self.classes) - 1})")
@@ -104,7 +107,8 @@ class Vocabulary:
     @property
     def names(self) -> list[str]:
         """Display names of the scored classes (the background group shows as "background")."""
-        return [c[0] for c in self.classes] + ([BACKGROUND] if self.background else [])
+        shown = list(self.display) if self.display is not None else [c[0] for c in self.classes]
+        return shown + ([BACKGROUND] if self.background else [])
 
     @property
     def output_names(self) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..dense.config import MaskCLIPConfig
+from ..dense.methods import METHODS, method_preset
 from ..device import resolve_device  # noqa: F401 - the commands' one device check
 from ..errors import SettingsError
 from .options import add_config_options, bounded_int, config_overrides, fraction, positive_float  # noqa: F401
@@ -38,9 +39,14 @@ def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> 
 
 def add_maskclip_options(p: argparse.ArgumentParser, flags: dict[str, str] | None = None, prefix: str = "") -> None:
     g = p.add_argument_group("MaskCLIP (defaults: the paper; the bundled toy CLIPs: their recommended settings)")
+    g.add_argument("--method", dest=prefix + "method", choices=METHODS, default=None,
+                   help="maskclip (default) or a training-free successor, ViT CLIPs only: sclip, clearclip, naclip, "
+                        "each with its paper's settings (read-out, geometry, resize, windows, temperature, score "
+                        "rule, templates; NACLIP: PAMR; per dataset in eval); the options below override them")
     add_config_options(g, MaskCLIPConfig, flags, note="; bundled toy CLIPs: their own", prefix=prefix)
     g.add_argument("--templates", dest=prefix + "templates", default=None,
-                   help="'85' (the paper's prompt templates, the default), 'single' ('a photo of a {}.'), a file "
+                   help="'85' (the paper's prompt templates, the default), '80' (OpenAI's ImageNet templates, the "
+                        "successors'), 'single' ('a photo of a {}.'), a file "
                         "with one template per line containing {}, or one template containing {} (bundled toy "
                         "CLIPs: their caption-style templates)")
 
@@ -65,6 +71,15 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
                         f"guard; default: {DEFAULT_MAX_PIXELS})")
 
 
+def method_base(args: argparse.Namespace, prefix: str = "") -> tuple[MaskCLIPConfig | None, str | None]:
+    """The --method preset's config and templates (None, None without --method)."""
+    method = getattr(args, prefix + "method", None)
+    if method is None:
+        return None, None
+    preset = method_preset(method)
+    return preset.config(), preset.templates
+
+
 def overrides_from_args(args: argparse.Namespace, prefix: str = "") -> dict:
     """The MaskCLIP settings the user gave (checked: a SettingsError names the problem)."""
     over = config_overrides(args, MaskCLIPConfig, prefix)
@@ -85,7 +100,7 @@ def config_from_args(args: argparse.Namespace, base: MaskCLIPConfig | None = Non
 
 def templates_from_arg(text: str | None) -> str | list[str] | None:
     """--templates: '85', 'single', a file with one template a line, or one template containing {}."""
-    if text is None or text in ("85", "single"):
+    if text is None or text in ("85", "80", "single"):
         return text
     if "{}" in text and "\n" not in text and not Path(text).is_file():
         return [text]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..dense.config import settings_dict
+from ..dense.methods import method_preset
 from ..errors import SettingsError
 from ..eval.report import pct
 from ..io.layout import check_out_dir
@@ -55,9 +56,9 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--classes", default=None,
                    help="for --dataset folder: class names ('a,b,c') or a class file, in label-id order")
-    p.add_argument("--protocol", choices=["paper", "later", "custom"], default=None,
-                   help="inference preset (see below); default: paper, or a bundled toy CLIP's recommended "
-                        "settings")
+    p.add_argument("--protocol", choices=["paper", "later", "custom", "sclip", "clearclip", "naclip"], default=None,
+                   help="inference preset (see below); default: the --method's, else paper, or a bundled toy "
+                        "CLIP's recommended settings")
     p.add_argument("--limit", type=bounded_int(1, 10 ** 9), default=None,
                    help="only the first N images (quick runs; a different N starts the evaluation over)")
     p.add_argument("--bg-threshold", type=fraction, default=None,
@@ -90,6 +91,8 @@ def prepare(args: argparse.Namespace):
         raise SettingsError(f"--dataset {args.dataset}: {err}") from None
     proto = _protocol(args, name)
     overrides = overrides_from_args(args)
+    if args.method is not None and proto is not None and proto.name != args.method:  # another protocol's geometry
+        overrides = {"readout": method_preset(args.method).fields.get("readout", "authors"), **overrides}
     templates = templates_from_arg(args.templates) or (proto.templates if proto else None)
     bg = args.bg_threshold if args.bg_threshold is not None else (proto.bg_threshold if proto else None)
     if bg is not None and not dataset.class_names[0].lower().startswith("background"):
@@ -106,7 +109,8 @@ def prepare(args: argparse.Namespace):
     tmpl = getattr(predictor, "templates", templates)
     settings = {**ident, "protocol": proto.name if proto else "model", "config": settings_dict(predictor.config),
                 "templates": tmpl if isinstance(tmpl, str) else list(tmpl), "split": args.split}
-    return dataset, predictor, settings, bg, unseen
+    settings["method"] = args.method or "maskclip"
+    return dataset, predictor, settings, bg, unseen, proto
 
 
 def _protocol(args: argparse.Namespace, dataset: str):
@@ -114,6 +118,8 @@ def _protocol(args: argparse.Namespace, dataset: str):
     from ..clip.weights import bundled_models
     from ..eval.protocols import protocol
 
+    if args.protocol is None and args.method in ("sclip", "clearclip", "naclip"):
+        return protocol(args.method, dataset)
     if args.protocol is None:
         entry = bundled_models().get(args.weights or args.model)
         if entry is not None and entry.recommended and not args.random_weights:
@@ -137,12 +143,14 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.loop import Corruption
     from ..eval.runner import EvalJob, evaluate
 
-    dataset, predictor, settings, bg, unseen = prepare(args)
+    dataset, predictor, settings, bg, unseen, proto = prepare(args)
     tag = f"{dataset.name}-{settings['protocol']}" + (f"-{args.corruption}{args.severity}" if args.corruption else "")
     out = args.out or Path("runs") / "eval" / tag
     corruption = Corruption(args.corruption, args.severity, args.seed) if args.corruption else None
     report = evaluate(predictor, dataset, out, EvalJob(settings, bg, corruption, args.limit, args.save_vis,
-                                                       unseen=unseen, progress=not args.quiet))
+                                                       unseen=unseen, progress=not args.quiet,
+                                                       classes=proto.classes if proto else None,
+                                                       display=proto.display if proto else None))
     m = report.metrics
     line = f"{dataset.name}: mIoU {pct(m['mIoU'])}  pAcc {pct(m['pAcc'])}  mAcc {pct(m['mAcc'])}"
     if "hIoU" in m:

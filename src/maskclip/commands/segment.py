@@ -10,7 +10,7 @@ from pathlib import Path
 from ..annotate import LabelOptions, label_files
 from ..clip.tokenizer import CONTEXT_LENGTH
 from ..data.image_io import scan_images
-from ..dense.config import settings_dict
+from ..dense.config import MaskCLIPConfig, settings_dict
 from ..dense.predictor import MaskCLIPPredictor
 from ..dense.text import resolve_templates
 from ..errors import SettingsError
@@ -22,6 +22,7 @@ from .common import (
     add_maskclip_options,
     add_model_options,
     add_vocabulary_options,
+    method_base,
     overrides_from_args,
     resolve_device,
     templates_from_arg,
@@ -76,13 +77,15 @@ class Job:
     layout: OutputLayout
     overrides: dict  # the MaskCLIP settings the user gave (over the model's recommended ones)
     templates: str | list[str] | None
+    base: MaskCLIPConfig | None = None  # a --method's preset (None: the model's recommended settings)
 
 
 def plan(args: argparse.Namespace) -> Job:
     """Every option and input checked once, before the model loads or any image is read (SettingsError)."""
     vocab = parse_vocabulary(args.classes, args.background, args.threshold, warn=warn)
     overrides = overrides_from_args(args)
-    templates = templates_from_arg(args.templates)
+    base, method_templates = method_base(args)
+    templates = templates_from_arg(args.templates) or method_templates
     vocab.check_prompts(resolve_templates(templates or "85"), CONTEXT_LENGTH)
     resolve_device(args.device)
     layout = OutputLayout(check_out_dir(args.out))
@@ -94,13 +97,13 @@ def plan(args: argparse.Namespace) -> Job:
     check_no_overwrite(files, layout, names)
     for path, why in skipped:
         warn(f"skipped {path}: {why}")
-    return Job(vocab, files, names, skipped, layout, overrides, templates)
+    return Job(vocab, files, names, skipped, layout, overrides, templates, base)
 
 
 def prepare(args: argparse.Namespace):
     """Shared by segment and label: the checked job, the predictor and the metadata every sidecar carries."""
     job = plan(args)
-    predictor = predictor_from_args(args, job.overrides, job.templates)
+    predictor = predictor_from_args(args, job)
     if isinstance(predictor, MaskCLIPPredictor):  # the real context (toy CLIPs have a shorter one than 77)
         job.vocab.check_prompts(resolve_templates(predictor.templates), predictor.model.context_length)
     ident = predictor_identity(predictor)
@@ -111,7 +114,7 @@ def prepare(args: argparse.Namespace):
     return job, predictor, meta
 
 
-def predictor_from_args(args: argparse.Namespace, overrides: dict, templates: str | list[str] | None):
+def predictor_from_args(args: argparse.Namespace, job: Job):
     """MaskCLIP for a CLIP --model/--weights; MaskCLIP+ when --model is a checkpoint written by `maskclip train`
     (then --weights, if given, is the CLIP whose text encoder embeds new class names)."""
     device = resolve_device(args.device)
@@ -119,9 +122,9 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict, templates: st
     if args.random_weights and not plus:
         warn(f"--random-weights: {args.model} with RANDOM weights; the labels mean nothing")
     if plus:
-        return load_predictor(args.model, device, templates, overrides=overrides, quick_gelu=not args.gelu,
+        return load_predictor(args.model, device, job.templates, job.base, job.overrides, quick_gelu=not args.gelu,
                               clip_weights=args.weights)
-    return load_predictor(args.weights or args.model, device, templates, overrides=overrides,
+    return load_predictor(args.weights or args.model, device, job.templates, job.base, job.overrides,
                           quick_gelu=not args.gelu, random_init=args.random_weights)
 
 

@@ -19,7 +19,14 @@ from ..errors import SettingsError
 from ..plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskclip_plus
 from ..plus.config import PlusTrainConfig
 from ..plus.models import MODEL_NAMES
-from .common import add_maskclip_options, add_model_options, overrides_from_args, resolve_device, templates_from_arg
+from .common import (
+    add_maskclip_options,
+    add_model_options,
+    method_base,
+    overrides_from_args,
+    resolve_device,
+    templates_from_arg,
+)
 from .options import bounded_int, positive_float
 
 EPILOG = """examples:
@@ -207,8 +214,9 @@ def job_from_args(args: argparse.Namespace) -> PlusJob:
     """The options as a PlusJob (settings errors are SettingsErrors: one line, exit 2)."""
     data = PlusData(args.classes, args.images, args.labels, args.recursive, args.dataset, args.root, args.split,
                     args.ignore_index, args.unlabeled_id, args.pseudo_dir)
-    teacher = TeacherSpec(args.weights or args.model, None, templates_from_arg(args.teacher_templates),
-                          args.random_weights, not args.gelu, overrides_from_args(args, "teacher_"))
+    base, method_templates = method_base(args, "teacher_")
+    teacher = TeacherSpec(args.weights or args.model, base, templates_from_arg(args.teacher_templates) or
+                          method_templates, args.random_weights, not args.gelu, overrides_from_args(args, "teacher_"))
     target = TargetSpec(args.target, None if args.pretrained.lower() == "none" else args.pretrained,
                         args.output_stride, args.width, args.head_channels)
     schedule = PlusTrainConfig(

@@ -73,6 +73,30 @@ def load_class_names(name: str) -> list[list[str]]:
     return classes
 
 
+# The successors' class-name files (SCLIP's; ClearCLIP's where they differ), by the dataset they label
+_METHOD_LISTS = {"voc21": "voc21", "voc20": "voc20", "context60": "context60", "context59": "context59",
+                 "coco-object": "coco_object", "coco-stuff171": "coco_stuff171", "cityscapes": "cityscapes19",
+                 "ade150": "ade150"}
+_CLEARCLIP_OWN = ("voc21", "voc20", "coco_object")
+
+
+def method_class_names(method: str, dataset: str) -> tuple[list[list[str]], list[str]] | None:
+    """The names SCLIP, ClearCLIP or NACLIP score for `dataset` (their configs/cls_*.txt, names split on ', ';
+    NACLIP's are SCLIP's byte for byte) and the names to show: a first line of stuff words is the background
+    class, shown as "background" but scored by those words alone. None for another method or dataset."""
+    key = _METHOD_LISTS.get(dataset)
+    if key is None or method not in ("sclip", "clearclip", "naclip"):
+        return None
+    folder = "clearclip" if method == "clearclip" and key in _CLEARCLIP_OWN else "sclip"
+    text = resources.files("maskclip.assets").joinpath("class_names").joinpath(folder).joinpath(f"{key}.txt")
+    text = text.read_text("utf-8")
+    classes = [_split_line(line) for line in text.splitlines() if line.strip()]
+    shown = [c[0] for c in classes]
+    if dataset in ("voc21", "coco-object", "context60"):
+        shown[0] = "background"
+    return classes, shown
+
+
 def display_names(classes: list[list[str]]) -> list[str]:
     """The first name of every class."""
     return [c[0] for c in classes]

@@ -7,7 +7,7 @@ Defaults follow the paper and the authors' configs; later papers' and our additi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from ..normalization import NORMALIZATIONS
@@ -55,10 +55,20 @@ class MaskCLIPConfig:
     output_stride: ResNets only; None = 32 as CLIP, 16 or 8 reads the same features a trous (ours).
     """
 
-    readout: Literal["authors", "value-only", "baseline"] = option(
+    readout: Literal["authors", "value-only", "baseline", "sclip", "clearclip", "naclip"] = option(
         "authors", "last-layer read-out: 'authors' = value path with residual and FFN as in the authors' code; "
-        "'value-only' = no residual/FFN; 'baseline' = unmodified q-k attention (the paper's Table 1a baseline)",
+        "'value-only' = no residual/FFN; 'baseline' = unmodified q-k attention (the paper's Table 1a baseline); "
+        "ViTs also 'sclip' (q-q + k-k attention, residual, FFN), 'clearclip' (q-q, no residual/FFN), 'naclip' "
+        "(k-k + a Gaussian neighbourhood prior, no residual/FFN); --method sets one with its paper's settings",
         aliases=("--path",), choices=READOUTS)
+    naclip_sigma: float = option(5.0, "NACLIP's neighbourhood prior: the Gaussian's sigma in patches",
+                                 parse="positive_float")
+    pos_embed: Literal["resize", "dino"] = option(
+        "resize", "patch position embeddings for another grid: 'resize' bicubic to the grid (MaskCLIP); 'dino' "
+        "bicubic by the scale factor (rows + 0.1) / 14 (SCLIP, ClearCLIP, NACLIP)", choices=("resize", "dino"))
+    vit_ops: Literal["clip", "authors"] = option(
+        "clip", "the image tower's GELU and LayerNorm: CLIP's (QuickGELU, eps 1e-5) or the authors' MMSegmentation "
+        "ViT (exact GELU, eps 1e-6)", choices=("clip", "authors"))
     ks: bool = option(False, "key smoothing (paper eq. 5)")
     pd: bool = option(False, "prompt denoising (paper section 3.3)")
     ks_form: Literal["paper", "authors"] = option(
@@ -66,14 +76,16 @@ class MaskCLIPConfig:
         "the authors' code", choices=("paper", "authors"))
     ks_threshold: float = 1.0
     pd_threshold: float = option(0.5, "prompt denoising threshold t on the softmax (paper: 0.5)", parse="fraction")
-    pd_keep_top: bool = True
+    pd_keep_top: bool = option(True, "prompt denoising keeps the best class when every class is below the "
+                               "threshold (the paper is silent; the authors' code removes all: --no-pd-keep-top)")
     logit_scale: float = option(100.0, "softmax temperature for probabilities, PD and KS (paper/CLIP: 100; later "
                                 "papers: 40)", parse="positive_float")
     mode: Literal["whole", "slide"] = option("whole", "whole image in one pass (paper) or sliding windows",
                                              choices=("whole", "slide"))
-    resize: Literal["fit", "short", "none"] = option(
-        "fit", "'fit': keep the aspect ratio, fit within --size (mmseg's keep-ratio rule, the authors' configs); "
-        "'short': short side = the first --size value; 'none'", choices=("fit", "short", "none"))
+    resize: Literal["fit", "short", "squash", "none"] = option(
+        "fit", "'fit': keep the aspect ratio within --size L,S (mmseg's keep-ratio rule, the authors' configs); "
+        "'short': short side = the first --size value; 'squash': exactly --size W,H (the authors' 224x224 "
+        "configs); 'none'", choices=("fit", "short", "squash", "none"))
     size: tuple[int, int] = option((512, 512), "resize target, L or L,S (Pascal Context 520, Cityscapes 1024,512)",
                                    metavar="L[,S]", parse=_size)
     crop: int = option(224, "sliding-window size (slide mode)", parse=(1, 8192))
@@ -90,6 +102,28 @@ class MaskCLIPConfig:
     window_batch: int = option(16, "windows per encoder batch (bounds memory)", parse=(1, 4096))
     max_pixels: int = option(1536 * 1536, "whole-image inputs larger than this many pixels (after resizing) are "
                              "encoded in big overlapping windows, bounding memory", parse=(1024, 2 ** 31))
+    pad: Literal["crop", "stretch", "floor", "center"] = option(
+        "crop", "sizes that are not a multiple of the stride: 'crop' pads bottom/right and crops the upsampled "
+        "scores back; 'stretch' (the authors) upsamples the padded ViT grid (floored ResNet grid) to the size; "
+        "'floor' (SCLIP, NACLIP) drops the remainder and stretches; 'center' (ClearCLIP) pads both sides and crops",
+        choices=("crop", "stretch", "floor", "center"))
+    score: Literal["class-max", "name-softmax"] = option(
+        "class-max", "probabilities of synonym classes: 'class-max' = max logit over a class's names, then softmax "
+        "over classes; 'name-softmax' (SCLIP, ClearCLIP, NACLIP) = softmax over all names, then max per class",
+        choices=("class-max", "name-softmax"))
+    multiscale: Literal["probs", "mmseg"] = option(
+        "probs", "--scales: average the probabilities at --logit-scale, or mmseg's softmax at temperature 1 "
+        "(the authors)", choices=("probs", "mmseg"))
+    pamr: bool = option(False, "PAMR refinement of the scores at image size (NACLIP's default)")
+    pamr_steps: int = option(10, "PAMR iterations", parse=(1, 100))
+    pamr_dilations: tuple[int, ...] = option((8, 16), "PAMR neighbourhood dilations", metavar="D1,D2", parse=_ints)
+    area_threshold: float | None = option(
+        None, "SCLIP's area rule: a foreground class whose argmax covers at most this share of the foreground "
+        "pixels is dropped (VOC21: 0.1)", parse="fraction")
+    compat: Literal["clip", "authors"] = option(
+        "clip", "'authors' = every choice of the authors' MaskCLIP code (readout authors, KS as their code, PD "
+        "removes all, their ViT ops, stretched geometry, mmseg's multi-scale): recorded in every sidecar and "
+        "report; other options given override it", choices=("clip", "authors"))
     dtype: Literal["fp16", "bf16"] | None = option(
         None, "autocast precision of the image encoder (fp32 = none; fp16/bf16 are faster on GPUs)",
         choices=("fp32", "fp16", "bf16"), none_as="fp32")
@@ -101,12 +135,24 @@ class MaskCLIPConfig:
     def __post_init__(self) -> None:
         _check_choice(self, "readout", READOUTS)
         _check_choice(self, "mode", ("whole", "slide"))
-        _check_choice(self, "resize", ("fit", "short", "none"))
+        _check_choice(self, "resize", ("fit", "short", "squash", "none"))
         _check_choice(self, "normalize", tuple(NORMALIZATIONS))
         _check_choice(self, "ks_form", ("paper", "authors"))
         _check_choice(self, "interpolation", ("bilinear", "bicubic"))
         _check_choice(self, "dtype", (None, "fp16", "bf16"))
         _check_choice(self, "output_stride", (None, 8, 16, 32))
+        _check_choice(self, "pos_embed", ("resize", "dino"))
+        _check_choice(self, "vit_ops", ("clip", "authors"))
+        _check_choice(self, "pad", ("crop", "stretch", "floor", "center"))
+        _check_choice(self, "score", ("class-max", "name-softmax"))
+        _check_choice(self, "multiscale", ("probs", "mmseg"))
+        _check_choice(self, "compat", ("clip", "authors"))
+        if self.area_threshold is not None and not 0 <= self.area_threshold <= 1:
+            raise ValueError(f"area_threshold must lie in [0, 1], got {self.area_threshold}")
+        if not 1 <= self.pamr_steps <= 100 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ValueError("pamr_steps must lie in 1..100 and pamr_dilations be positive")
+        if not (math.isfinite(self.naclip_sigma) and self.naclip_sigma > 0):
+            raise ValueError(f"naclip_sigma must be a finite number > 0, got {self.naclip_sigma}")
         for name in ("pd_threshold", "ks_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1):
@@ -127,9 +173,22 @@ def _check_choice(cfg: MaskCLIPConfig, name: str, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
 
 
+# every choice of the authors' MaskCLIP code where it differs from the paper or CLIP (facts section 2)
+AUTHORS = dict(readout="authors", ks_form="authors", pd_keep_top=False, vit_ops="authors", pad="stretch",
+               multiscale="mmseg", compat="authors")
+
+
+def with_compat(config: MaskCLIPConfig, given: dict | None = None) -> MaskCLIPConfig:
+    """`config` with compat="authors" spelled out (every AUTHORS choice), then the fields in `given` over it."""
+    given = dict(given or {})
+    if given.get("compat", config.compat) != "authors":
+        return replace(config, **given)
+    return replace(config, **{**AUTHORS, **given})
+
+
 def settings_dict(config: MaskCLIPConfig) -> dict:
     """The config as JSON-ready values (tuples as lists), for sidecars and reports."""
     return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v) for f in fields(config)}
 
 
-__all__ = ["MaskCLIPConfig", "option", "settings_dict"]
+__all__ = ["AUTHORS", "MaskCLIPConfig", "option", "settings_dict", "with_compat"]

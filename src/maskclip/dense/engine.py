@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..clip.model import CLIP
+from ..clip.model import CLIP, VisionTransformer
 from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
-from .config import MaskCLIPConfig
-from .features import check_output_stride, dense_features, stride_of
+from .config import MaskCLIPConfig, with_compat
+from .features import check_readout, dense_features, stride_of
 from .preprocess import float_copy, image_view, normalize_
-from .refine import key_smoothing, prompt_denoising
+from .refine import key_smoothing, pamr, prompt_denoising
+from .successors import authors_vit_ops
 from .text import TextClassifier
 
 
@@ -44,6 +45,7 @@ class ImageFeatures:
     scales: list[ScaleFeatures]
     image_size: tuple[int, int]
     config: MaskCLIPConfig = field(repr=False)
+    guide: torch.Tensor | None = None  # PAMR's image: the normalised input at the first scale's working size
 
 
 def label_dtype(num_classes: int) -> torch.dtype:
@@ -63,9 +65,10 @@ class MaskCLIP:
 
     def __init__(self, model: CLIP, config: MaskCLIPConfig | None = None, **overrides):
         self.model = model.eval()
-        self.config = replace(config or MaskCLIPConfig(), **overrides)
-        self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it
-        check_output_stride(model, self.config.output_stride)  # fail before any image, not per image
+        self.config = with_compat(config or MaskCLIPConfig(), overrides)  # compat="authors": every authors' choice
+        self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it (pad "crop", "center")
+        self.is_vit = isinstance(model.visual, VisionTransformer)
+        check_readout(model, self.config.readout, self.config.output_stride)  # before any image, not per image
 
     @property
     def device(self) -> torch.device:
@@ -85,29 +88,47 @@ class MaskCLIP:
             x = normalize_(float_copy(x), cfg.normalize)
         h, w = x.shape[-2:]
         sizes = [cfg.size] if not cfg.scales else [(s, s) for s in cfg.scales]
-        return ImageFeatures([self._encode_scale(x, s) for s in sizes], (h, w), cfg)
+        scales, guide = [], None
+        with authors_vit_ops(self.model.visual, self.is_vit and cfg.vit_ops == "authors"):
+            for i, size in enumerate(sizes):
+                sf, resized = self._encode_scale(x, size)
+                scales.append(sf)
+                guide = resized if cfg.pamr and i == 0 else guide
+        return ImageFeatures(scales, (h, w), cfg, guide)
 
-    def _encode_scale(self, x: torch.Tensor, size: Sequence[int]) -> ScaleFeatures:
+    def _pad_multiple(self) -> int:
+        """What windows are padded to: the grid stride, or 1 where the encoder floors (pad "floor"; a ResNet
+        with pad "stretch", as the authors' AvgPool does)."""
+        pad = self.config.pad
+        floors = pad == "floor" or (pad == "stretch" and not self.is_vit)
+        return 1 if floors else self.grid_stride
+
+    def _encode_scale(self, x: torch.Tensor, size: Sequence[int]) -> tuple[ScaleFeatures, torch.Tensor]:
         cfg = self.config
         th, tw = resized_size(*x.shape[-2:], cfg.resize, size)
         if (th, tw) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(th, tw), mode=cfg.interpolation, align_corners=False)
-        plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels, self.grid_stride)
+        plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels, self._pad_multiple())
         feats, keys = [], []
-        for batch in window_batches(x, plan, cfg.window_batch):  # padding zeros = the mean colour
+        centre = cfg.pad == "center"
+        for batch in window_batches(x, plan, cfg.window_batch, centre):  # padding zeros = the mean colour
             with autocast(self.device, cfg.dtype):
-                out = dense_features(self.model, batch, cfg.readout, keys=cfg.ks, output_stride=cfg.output_stride)
+                out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
+                                     cfg.naclip_sigma)
             feats.append(F.normalize(out.feats.float(), dim=1))
             if cfg.ks:
                 keys.append(out.keys.float())
-        return ScaleFeatures(torch.cat(feats), torch.cat(keys) if cfg.ks else None, plan)
+        return ScaleFeatures(torch.cat(feats), torch.cat(keys) if cfg.ks else None, plan), x
 
     # ---- text side --------------------------------------------------------------------------------
     def grid_scores(self, feats: torch.Tensor, keys: torch.Tensor | None, classifier: TextClassifier) -> torch.Tensor:
-        """Class scores on the patch grid [N, K, h, w]: cosine logits, or smoothed confidences with KS."""
+        """Scores on the patch grid [N, K, h, w]: cosine logits, or smoothed confidences with KS; per class
+        (the max over its names), or per name with score "name-softmax" (reduced in `to_probs`)."""
         cfg = self.config
         emb = classifier.embeddings.to(feats.device, feats.dtype)
-        logits = classifier.class_logits(torch.einsum("nchw,kc->nkhw", feats, emb))
+        logits = torch.einsum("nchw,kc->nkhw", feats, emb)
+        if cfg.score == "class-max":
+            logits = classifier.class_logits(logits)
         if cfg.pd:
             logits = prompt_denoising(logits, cfg.pd_threshold, cfg.logit_scale, cfg.pd_keep_top)
         if cfg.ks and keys is not None:
@@ -115,21 +136,43 @@ class MaskCLIP:
         return logits
 
     def window_scores(self, sf: ScaleFeatures, classifier: TextClassifier) -> torch.Tensor:
-        """Scores of every window [N, K, ph, pw], upsampled bilinearly from the grid to the padded window."""
+        """Scores of every window, upsampled bilinearly from the grid: to the padded window and cropped back
+        (pad "crop": [N, K, ph, pw], cropped by `stitch`; "center": [N, K, wh, ww]) or straight to the window
+        ("stretch", "floor")."""
         scores = self.grid_scores(sf.feats, sf.keys, classifier)
-        return F.interpolate(scores, size=sf.plan.padded, mode="bilinear", align_corners=False)
+        pad = self.config.pad
+        if pad in ("stretch", "floor"):
+            return F.interpolate(scores, size=sf.plan.window, mode="bilinear", align_corners=False)
+        up = F.interpolate(scores, size=sf.plan.padded, mode="bilinear", align_corners=False)
+        if pad == "center":
+            (wh, ww), (ph, pw) = sf.plan.window, sf.plan.padded
+            top, left = (ph - wh) // 2, (pw - ww) // 2
+            up = up[..., top:top + wh, left:left + ww]
+        return up
 
     def scale_scores(self, sf: ScaleFeatures, classifier: TextClassifier) -> torch.Tensor:
         """Scores [K, H', W'] over the resized image: windows averaged where they overlap."""
         return stitch(self.window_scores(sf, classifier), sf.plan)
 
-    def to_probs(self, scores: torch.Tensor) -> torch.Tensor:
-        """Probabilities over classes (dim 0 or 1 of a [.., K, H, W] tensor)."""
+    def to_probs(self, scores: torch.Tensor, classifier: TextClassifier | None = None,
+                 temperature: float | None = None) -> torch.Tensor:
+        """Probabilities over classes (dim 0 or 1 of a [.., K, H, W] tensor): a softmax at the logit scale (or
+        `temperature`), or the renormalised KS confidences; with score "name-softmax" over the names first,
+        then the max per class (`classifier` says which names make a class)."""
         dim = scores.dim() - 3
         if self.config.ks:  # already confidences: renormalise the smoothed values
             p = scores.clamp_min(0)
-            return p / p.sum(dim=dim, keepdim=True).clamp_min(1e-12)
-        return torch.softmax(scores * self.config.logit_scale, dim=dim)
+            total = p.sum(dim=dim, keepdim=True)
+            # every smoothed score <= 0: all the probability on the best one (not on class 0)
+            best = F.one_hot(scores.argmax(dim=dim), scores.shape[dim]).movedim(-1, dim).to(p.dtype)
+            p = torch.where(total > 0, p / total.clamp_min(1e-12), best)
+        else:
+            tau = self.config.logit_scale if temperature is None else temperature
+            p = torch.softmax(scores * tau, dim=dim)
+        if self.config.score == "name-softmax" and classifier is not None:
+            p = classifier.class_logits(p if dim == 1 else p[None])
+            p = p if dim == 1 else p[0]
+        return p
 
     @torch.no_grad()
     def decode(self, features: ImageFeatures, classifier: TextClassifier, return_probs: bool = True,
@@ -138,19 +181,34 @@ class MaskCLIP:
 
         Labels are compact: uint8 up to 255 classes (`label_dtype`: int16, int32 beyond), an eighth of
         int64 on a large image; the values are the argmax indices. Upsampling to the input size happens in
-        row blocks so that huge images stay within `max_bytes`.
+        row blocks so that huge images stay within `max_bytes` (PAMR needs the whole image at once).
         """
+        cfg = self.config
         h, w = features.image_size
         small = [self.scale_scores(sf, classifier) for sf in features.scales]
-        k = small[0].shape[0]
-        need_probs = return_probs or len(small) > 1  # one scale: argmax of the scores is the argmax of probs
+        if cfg.pamr:
+            small = [self._pamr(s, features) for s in small]
+        k = classifier.num_classes
+        mmseg = cfg.multiscale == "mmseg" and len(small) > 1  # softmax at temperature 1, averaged
+        # one scale and one score per class: the argmax of the scores is the argmax of the probabilities
+        need_probs = return_probs or len(small) > 1 or cfg.score == "name-softmax"
+        transform = (lambda b: self.to_probs(b, classifier, 1.0 if mmseg else None)) if need_probs else None
         labels = torch.empty(h, w, dtype=label_dtype(k), device=small[0].device)
         probs = torch.empty(k, h, w, device=small[0].device) if return_probs else None
-        for r0, r1, p in average_scales(small, (h, w), self.to_probs if need_probs else None, max_bytes):
+        for r0, r1, p in average_scales(small, (h, w), transform, max_bytes):
             labels[r0:r1] = p.max(dim=0).indices
             if probs is not None:
                 probs[:, r0:r1] = p
         return labels, probs
+
+    def _pamr(self, scores: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
+        """PAMR at the input size on the scores (bilinearly upsampled), guided by the normalised working-size
+        input resized bilinearly to that size (the successors' order: before the temperature and the rule)."""
+        cfg = self.config
+        size = features.image_size
+        full = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)
+        guide = F.interpolate(features.guide, size=size, mode="bilinear", align_corners=False)
+        return pamr(full, guide, cfg.pamr_steps, tuple(cfg.pamr_dilations))[0]
 
     def segment(self, image: np.ndarray | torch.Tensor, classifier: TextClassifier,
                 return_probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -31,9 +31,11 @@ import torch.nn.functional as F
 
 from ..clip.model import CLIP, Bottleneck, ModifiedResNet, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
 from ..errors import SettingsError
+from .successors import successor_block, vit_tokens
 
-ReadOut = Literal["authors", "value-only", "baseline"]
-READOUTS: tuple[str, ...] = ("authors", "value-only", "baseline")
+ReadOut = Literal["authors", "value-only", "baseline", "sclip", "clearclip", "naclip"]
+READOUTS: tuple[str, ...] = ("authors", "value-only", "baseline", "sclip", "clearclip", "naclip")
+SUCCESSORS: tuple[str, ...] = ("sclip", "clearclip", "naclip")  # ViT only: their attention replaces the last block's
 
 
 @dataclass
@@ -49,6 +51,14 @@ def check_output_stride(model: CLIP, output_stride: int | None) -> None:
     if isinstance(model.visual, VisionTransformer) and output_stride not in (None, model.visual.patch_size):
         raise SettingsError(f"output stride {output_stride} (--dense-stride): a ViT's grid is set by its patch "
                             f"size ({model.visual.patch_size}); other output strides need a ResNet CLIP")
+
+
+def check_readout(model: CLIP, readout: str, output_stride: int | None = None) -> None:
+    """Settings the model cannot honour, as a SettingsError before any image."""
+    check_output_stride(model, output_stride)
+    if readout in SUCCESSORS and not isinstance(model.visual, VisionTransformer):
+        raise SettingsError(f"--readout/--method {readout}: the {readout} attention replaces a ViT's last block; "
+                            "a ResNet CLIP ends in an attention pool (use authors, value-only or baseline)")
 
 
 def stride_of(model: CLIP) -> int:
@@ -70,8 +80,8 @@ def _linear_slice(x: torch.Tensor, block: ResidualAttentionBlock, which: int) ->
 
 
 def vit_dense(visual: VisionTransformer, images: torch.Tensor, readout: ReadOut = "authors",
-              keys: bool = False) -> DenseFeatures:
-    x, grid = visual.tokens(images)
+              keys: bool = False, pos_embed: str = "resize", naclip_sigma: float = 5.0) -> DenseFeatures:
+    x, grid = vit_tokens(visual, images, pos_embed)
     blocks = visual.transformer.resblocks
     for block in blocks[:-1]:
         x = block(x)
@@ -79,6 +89,9 @@ def vit_dense(visual: VisionTransformer, images: torch.Tensor, readout: ReadOut 
     k = None
     if readout == "baseline":
         y = last(x)
+        out = visual.ln_post(y[:, 1:]) @ visual.proj
+    elif readout in SUCCESSORS:
+        y = successor_block(last, x, readout, grid, naclip_sigma)
         out = visual.ln_post(y[:, 1:]) @ visual.proj
     else:
         h = last.ln_1(x[:, 1:])
@@ -175,13 +188,16 @@ def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, readout: ReadOut 
 
 
 def dense_features(model: CLIP, images: torch.Tensor, readout: ReadOut = "authors", keys: bool = False,
-                   output_stride: int | None = None) -> DenseFeatures:
-    """Dense features of normalised images [B, 3, H, W]; H and W should be multiples of `stride_of(model)`.
+                   output_stride: int | None = None, pos_embed: str = "resize",
+                   naclip_sigma: float = 5.0) -> DenseFeatures:
+    """Dense features of normalised images [B, 3, H, W] (a size that is not a multiple of `stride_of(model)`
+    is floored by the patch embedding or the pools).
 
-    `output_stride` (ResNets only): None or 32 as CLIP, 16 or 8 a trous (module docstring).
+    `output_stride` (ResNets only): None or 32 as CLIP, 16 or 8 a trous (module docstring). `pos_embed` and
+    `naclip_sigma`: ViTs only (dense.successors).
     """
-    check_output_stride(model, output_stride)
+    check_readout(model, readout, output_stride)
     images = images.to(model.dtype)
     if isinstance(model.visual, VisionTransformer):
-        return vit_dense(model.visual, images, readout, keys)
+        return vit_dense(model.visual, images, readout, keys, pos_embed, naclip_sigma)
     return resnet_dense(model.visual, images, readout, keys, output_stride or 32)

@@ -34,9 +34,23 @@ def apply_threshold(labels: torch.Tensor, probs: torch.Tensor, threshold: float,
     return torch.where(probs.amax(dim=0) < threshold, torch.full_like(labels, fallback), labels)
 
 
+def drop_small_classes(labels: torch.Tensor, probs: torch.Tensor, area: float, background: int) -> torch.Tensor:
+    """SCLIP's area rule: every foreground class whose argmax pixels are NOT more than `area` x the
+    foreground-argmax pixels gets probability 0 (in place); returns the argmax of what is left."""
+    fg = labels != background
+    counts = torch.bincount(labels[fg].long().flatten(), minlength=probs.shape[0])[: probs.shape[0]]
+    small = counts <= area * int(fg.sum())
+    small[background] = False
+    probs[small] = 0
+    return probs.argmax(dim=0).to(labels.dtype)
+
+
 def finish_prediction(labels: torch.Tensor, probs: torch.Tensor | None, vocab: Vocabulary,
-                      return_probs: bool) -> Prediction:
-    """The vocabulary's threshold applied, as numpy, with the display names of every possible label."""
+                      return_probs: bool, area_threshold: float | None = None) -> Prediction:
+    """The vocabulary's threshold (and SCLIP's area rule) applied, as numpy, with the display names of every
+    possible label."""
+    if area_threshold is not None and probs is not None:
+        labels = drop_small_classes(labels, probs, area_threshold, vocab.fallback)
     if vocab.threshold is not None:
         labels = apply_threshold(labels, probs, vocab.threshold, vocab.fallback)
     return Prediction(labels.cpu().numpy(), probs.cpu().numpy() if return_probs else None, vocab.output_names)
@@ -113,6 +127,7 @@ class MaskCLIPPredictor:
             raise RuntimeError("call set_image(image) before predict(classes)")
         vocab = Vocabulary.of(classes, background, threshold)
         clf = self.classifier(vocab)
-        need_probs = return_probs or vocab.threshold is not None
+        area = self.config.area_threshold
+        need_probs = return_probs or vocab.threshold is not None or area is not None
         labels, probs = self.engine.decode(self.features, clf, return_probs=need_probs)
-        return finish_prediction(labels, probs, vocab, return_probs)
+        return finish_prediction(labels, probs, vocab, return_probs, area)

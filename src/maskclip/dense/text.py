@@ -29,10 +29,20 @@ def templates_85() -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line.strip())
 
 
+@lru_cache(maxsize=1)
+def templates_80() -> tuple[str, ...]:
+    """OpenAI's 80 ImageNet templates, what SCLIP, ClearCLIP and NACLIP use, packaged with maskclip."""
+    text = resources.files("maskclip.assets").joinpath("prompt-templates-80.txt").read_text()
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
 def resolve_templates(templates: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """'85' (the paper's default), 'single' ('a photo of a {}.') or an explicit list containing '{}'."""
+    """'85' (the paper's default), '80' (OpenAI's ImageNet templates: the successors'), 'single'
+    ('a photo of a {}.') or an explicit list containing '{}'."""
     if templates == "85":
         return templates_85()
+    if templates == "80":
+        return templates_80()
     if templates == "single":
         return (SINGLE_TEMPLATE,)
     if isinstance(templates, str):

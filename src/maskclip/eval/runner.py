@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,8 @@ class EvalJob:
     save_vis: int = 0
     seen: Sequence[int] | None = None
     unseen: Sequence[int] | None = None
+    classes: list[list[str]] | None = None  # names to score instead of the dataset's (a method's own files)
+    display: list[str] | None = None
     checkpoint_every: int = 10
     progress: bool = True
 
@@ -48,13 +50,18 @@ class EvalJob:
                 "severity": c.severity if c else None, "seed": c.seed if c else 0, "bg_threshold": self.bg_threshold}
 
 
-def vocabulary_of(dataset: SegDataset, bg_threshold: float | None) -> Vocabulary:
-    """The dataset's classes as published; below the threshold a pixel becomes class 0 (background)."""
+def vocabulary_of(dataset: SegDataset, bg_threshold: float | None, classes: list[list[str]] | None = None,
+                  display: list[str] | None = None) -> Vocabulary:
+    """The dataset's classes as published (or a method's names for them); below the threshold a pixel becomes
+    class 0 (background)."""
     if bg_threshold is not None and not dataset.class_names[0].lower().startswith("background"):
         raise ValueError(f"--bg-threshold needs a dataset whose class 0 is background; {dataset.name} starts with "
                          f"{dataset.class_names[0]!r}")
-    return Vocabulary.of(dataset.classes, threshold=bg_threshold, allow_shared=True,
-                         below_threshold=0 if bg_threshold is not None else None)
+    if classes is not None and len(classes) != dataset.num_classes:
+        raise ValueError(f"{len(classes)} class names for the {dataset.num_classes} classes of {dataset.name}")
+    vocab = Vocabulary.of(classes or dataset.classes, threshold=bg_threshold, allow_shared=True,
+                          below_threshold=0 if bg_threshold is not None else None)
+    return replace(vocab, display=tuple(display)) if display else vocab
 
 
 def _samples(dataset: SegDataset, todo: list[int], failures: list, bar) -> Iterator[tuple]:
@@ -74,7 +81,7 @@ def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None 
     job = job or EvalJob()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = vocabulary_of(dataset, job.bg_threshold)
+    vocab = vocabulary_of(dataset, job.bg_threshold, job.classes, job.display)
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     full = job.record(dataset)
     names = [r.name for r in dataset.refs[:n]]
