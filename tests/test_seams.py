@@ -101,7 +101,7 @@ def test_every_config_option_is_generated_with_its_default():
             if cmd == "train" and f.name == "mode":
                 flag = "--teacher-mode"
             assert flag in text, (cmd, flag)
-        assert "(default: authors" in text and "(default: 512,512" in text
+        assert "(default: authors" in text and "(default: 2048,512" in text
 
 
 def test_old_flags_still_work_as_aliases(tiny_vit, tmp_path):

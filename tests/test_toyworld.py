@@ -340,14 +340,18 @@ def test_bundled_toy_clip_segments_heldout_scenes(name):
         assert entry["best_paper_variant"] in variants_for(model, paper_only=True)
 
 
-def test_variants_for_resnets_add_output_strides_only_for_resnets():
+def test_variants_for_resnets_add_output_strides_and_vits_the_successors():
     from maskclip.toyworld.evaluate import VARIANTS, variants_for
 
     rn = new_model(ToyTrainConfig(arch="resnet", image_size=64, vision_width=8, text_layers=1))
     vit = new_model(ToyTrainConfig(**TINY))
-    assert set(variants_for(rn)) == set(VARIANTS)
-    assert "value-only+OS16" in VARIANTS and not any("output_stride" in v for v in variants_for(vit).values())
-    assert variants_for(rn, paper_only=True) == variants_for(vit)
+    successors = {k for k, v in VARIANTS.items() if v["readout"] in ("sclip", "clearclip", "naclip")}
+    strides = {k for k, v in VARIANTS.items() if "output_stride" in v}
+    assert successors == {"sclip", "clearclip", "naclip", "naclip+PAMR"} and strides
+    assert set(variants_for(rn)) == set(VARIANTS) - successors
+    assert set(variants_for(vit)) == set(VARIANTS) - strides
+    assert variants_for(rn, paper_only=True) == variants_for(vit, paper_only=True)
+    assert set(variants_for(vit, paper_only=True)) == set(VARIANTS) - strides - successors
 
 
 def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):

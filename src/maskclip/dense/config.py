@@ -86,8 +86,9 @@ class MaskCLIPConfig:
         "fit", "'fit': keep the aspect ratio within --size L,S (mmseg's keep-ratio rule, the authors' configs); "
         "'short': short side = the first --size value; 'squash': exactly --size W,H (the authors' 224x224 "
         "configs); 'none'", choices=("fit", "short", "squash", "none"))
-    size: tuple[int, int] = option((512, 512), "resize target, L or L,S (Pascal Context 520, Cityscapes 1024,512)",
-                                   metavar="L[,S]", parse=_size)
+    size: tuple[int, int] = option(
+        (2048, 512), "resize target L or L,S: with fit, long side <= L and short side <= S (the authors: 2048,512 = "
+        "short side 512; Pascal Context 520,520; Cityscapes 1024,512)", metavar="L[,S]", parse=_size)
     crop: int = option(224, "sliding-window size (slide mode)", parse=(1, 8192))
     step: int = option(112, "sliding-window step in pixels (slide mode; mmseg calls it stride)",
                        aliases=("--stride",), parse=(1, 8192))

@@ -225,8 +225,12 @@ class MaskCLIP:
             feats = self.encode(img[None], normalized=True)
             per_scale = []
             for sf in feats.scales:
-                s = self.scale_scores(sf, classifier)[None]
-                per_scale.append(F.interpolate(s, size=images.shape[-2:], mode="bilinear", align_corners=False))
+                s = self.scale_scores(sf, classifier)
+                if self.config.pamr:  # at the input size, guided by the input
+                    per_scale.append(self._pamr(s, feats)[None])
+                else:
+                    per_scale.append(F.interpolate(s[None], size=images.shape[-2:], mode="bilinear",
+                                                   align_corners=False))
             out.append(torch.stack(per_scale).mean(0))
         return torch.cat(out)
 

@@ -47,7 +47,14 @@ VARIANTS: dict[str, dict] = {
     # ResNets only, our addition: the same features on a finer grid (a trous; maskclip.dense.features)
     "value-only+OS16": dict(readout="value-only", output_stride=16),
     "value-only+OS8": dict(readout="value-only", output_stride=8),
+    # ViTs only: the successors' last block, position rule and score rule (dense.successors), at the toy
+    # world's own geometry; NACLIP also with its PAMR
+    "sclip": dict(readout="sclip", pos_embed="dino", score="name-softmax"),
+    "clearclip": dict(readout="clearclip", pos_embed="dino", score="name-softmax"),
+    "naclip": dict(readout="naclip", pos_embed="dino", score="name-softmax"),
+    "naclip+PAMR": dict(readout="naclip", pos_embed="dino", score="name-softmax", pamr=True),
 }
+_VIT_ONLY = ("sclip", "clearclip", "naclip")
 BEST_VARIANT = "value-only"
 
 
@@ -55,7 +62,8 @@ def variants_for(model: CLIP, paper_only: bool = False) -> dict[str, dict]:
     """The VARIANTS that apply to the model (output-stride ones need a ResNet); `paper_only` drops our
     additions, leaving the paper's and the authors' settings."""
     resnet = not isinstance(model.visual, VisionTransformer)
-    return {k: v for k, v in VARIANTS.items() if "output_stride" not in v or (resnet and not paper_only)}
+    ours = {k: v for k, v in VARIANTS.items() if "output_stride" not in v or (resnet and not paper_only)}
+    return {k: v for k, v in ours.items() if v.get("readout") not in _VIT_ONLY or not (resnet or paper_only)}
 
 
 def toy_config(model: CLIP | None = None, **overrides) -> MaskCLIPConfig:
