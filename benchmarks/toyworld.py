@@ -5,7 +5,8 @@
 
 Rows: the paper's baseline (unmodified last layer), the authors' value path (residual + FFN) and the
 value-only path, each with and without key smoothing (KS) and prompt denoising (PD); for ResNets the
-a trous read-out at output stride 16 and 8 (OS16, OS8: our addition); multi-scale;
+a trous read-out at output stride 16 and 8 (OS16, OS8: our addition); value-only with PAMR; for ViTs
+the successors' last blocks (SCLIP, ClearCLIP, NACLIP), each with and without PAMR; multi-scale;
 attribute queries ("COLOUR CATEGORY" must pick the right one of two same-category instances), with
 held-out colour-category pairs separately; and ImageNet-C-style corruptions at severities 1/3/5.
 """

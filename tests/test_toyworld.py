@@ -347,11 +347,13 @@ def test_variants_for_resnets_add_output_strides_and_vits_the_successors():
     vit = new_model(ToyTrainConfig(**TINY))
     successors = {k for k, v in VARIANTS.items() if v["readout"] in ("sclip", "clearclip", "naclip")}
     strides = {k for k, v in VARIANTS.items() if "output_stride" in v}
-    assert successors == {"sclip", "clearclip", "naclip", "naclip+PAMR"} and strides
+    pamr = {k for k, v in VARIANTS.items() if v.get("pamr")}
+    assert successors == {f"{m}{p}" for m in ("sclip", "clearclip", "naclip") for p in ("", "+PAMR")} and strides
+    assert pamr == {f"{m}+PAMR" for m in ("value-only", "sclip", "clearclip", "naclip")}
     assert set(variants_for(rn)) == set(VARIANTS) - successors
     assert set(variants_for(vit)) == set(VARIANTS) - strides
     assert variants_for(rn, paper_only=True) == variants_for(vit, paper_only=True)
-    assert set(variants_for(vit, paper_only=True)) == set(VARIANTS) - strides - successors
+    assert set(variants_for(vit, paper_only=True)) == set(VARIANTS) - strides - successors - pamr
 
 
 def test_demo_writes_panels_and_prints_iou(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -173,15 +174,17 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patchify, add the class token and (resized) position embeddings, apply ln_pre."""
+    def tokens(self, x: torch.Tensor, pos_rule: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patchify, add the class token and position embeddings resized to the grid (by `pos_rule`,
+        default `resize_pos_embed`), apply ln_pre."""
         x = self.conv1(x.to(self.conv1.weight.dtype))
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         pos = self.positional_embedding.to(x.dtype)
-        pos = torch.cat([pos[:1], resize_pos_embed(pos[1:], grid)], dim=0)
+        pos = torch.cat([pos[:1], (pos_rule or resize_pos_embed)(pos[1:], grid)], dim=0)
         return self.ln_pre(x + pos), grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ import numpy as np
 from .classes import load_class_names
 from .coco_masks import paint_semantic
 from .image_io import read_label
-from .readers import _check_exist, _find_base, _first_existing, _images_in, _layout_error
-from .segdataset import _COCO_STUFF_LUT, DatasetError, SampleRef, SegDataset, lut_map
+from .readers import _check_exist, _find_base, _first_existing, _images_in, _layout_error, train_ids_or
+from .segdataset import _COCO_STUFF_LUT, DatasetError, SampleRef, SegDataset
 
 
 def open_coco_stuff(root: str | Path, split: str = "val") -> SegDataset:
@@ -27,13 +27,7 @@ def open_coco_stuff(root: str | Path, split: str = "val") -> SegDataset:
         refs.append(SampleRef(img.stem, img, lab or base / ann_rel / f"{img.stem}_labelTrainIds.png"))
     _check_exist(dataset, root, refs)
 
-    def load(ref: SampleRef) -> np.ndarray:
-        raw = read_label(ref.label_path)
-        if ref.label_path.name.endswith("_labelTrainIds.png"):
-            return raw.astype(np.int64)
-        return lut_map(raw, _COCO_STUFF_LUT, ref.label_path)
-
-    return SegDataset(dataset, load_class_names("coco_stuff171"), refs, load, 255, base)
+    return SegDataset(dataset, load_class_names("coco_stuff171"), refs, train_ids_or(_COCO_STUFF_LUT), 255, base)
 
 
 @dataclass

@@ -11,7 +11,7 @@ Conventions follow MMSegmentation (what MaskCLIP's evaluation used) unless noted
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,18 @@ def _check_exist(dataset: str, root: Path, refs: Sequence[SampleRef]) -> None:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def train_ids_or(lut: np.ndarray) -> Callable[[SampleRef], np.ndarray]:
+    """A label loader: *_labelTrainIds.png files hold train ids already, other label files go through `lut`."""
+
+    def load(ref: SampleRef) -> np.ndarray:
+        raw = read_label(ref.label_path)
+        if ref.label_path.name.endswith("_labelTrainIds.png"):
+            return raw.astype(np.int64)
+        return lut_map(raw, lut, ref.label_path)
+
+    return load
 
 
 def _first_existing(base: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
@@ -256,13 +268,7 @@ def open_cityscapes(root: str | Path, split: str = "val", *, label_type: str = "
         refs.append(SampleRef(stem, img, lab))
     _check_exist(dataset, root, refs)
 
-    def load(ref: SampleRef) -> np.ndarray:
-        raw = read_label(ref.label_path)
-        if ref.label_path.name.endswith("_labelTrainIds.png"):
-            return raw.astype(np.int64)
-        return lut_map(raw, _CITYSCAPES_LUT, ref.label_path)
-
-    return SegDataset(dataset, load_class_names("cityscapes19"), refs, load, 255, base)
+    return SegDataset(dataset, load_class_names("cityscapes19"), refs, train_ids_or(_CITYSCAPES_LUT), 255, base)
 
 
 def open_camvid(root: str | Path, split: str = "val") -> SegDataset:

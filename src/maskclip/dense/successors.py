@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..clip.model import QuickGELU, ResidualAttentionBlock, VisionTransformer, resize_pos_embed
+from ..clip.model import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 
 def dino_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -44,17 +44,7 @@ def dino_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def vit_tokens(visual: VisionTransformer, images: torch.Tensor, pos_embed: str = "resize"
                ) -> tuple[torch.Tensor, tuple[int, int]]:
     """`visual.tokens` with the chosen position-embedding rule ("resize": MaskCLIP's, "dino": the successors')."""
-    if pos_embed == "resize":
-        return visual.tokens(images)
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))
-    grid = (x.shape[2], x.shape[3])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = visual.positional_embedding.to(x.dtype)
-    rule = dino_pos_embed if pos_embed == "dino" else resize_pos_embed
-    pos = torch.cat([pos[:1], rule(pos[1:], grid)], dim=0)
-    return visual.ln_pre(x + pos), grid
+    return visual.tokens(images, dino_pos_embed if pos_embed == "dino" else None)
 
 
 def neighbourhood_prior(grid: tuple[int, int], sigma: float, device: torch.device) -> torch.Tensor:

@@ -44,13 +44,16 @@ VARIANTS: dict[str, dict] = {
     "value-only+KS": dict(readout="value-only", ks=True),
     "value-only+PD": dict(readout="value-only", pd=True),
     "value-only+KS+PD": dict(readout="value-only", ks=True, pd=True),
+    "value-only+PAMR": dict(readout="value-only", pamr=True),
     # ResNets only, our addition: the same features on a finer grid (a trous; maskclip.dense.features)
     "value-only+OS16": dict(readout="value-only", output_stride=16),
     "value-only+OS8": dict(readout="value-only", output_stride=8),
     # ViTs only: the successors' last block, position rule and score rule (dense.successors), at the toy
-    # world's own geometry; NACLIP also with its PAMR
+    # world's own geometry, each with and without PAMR (NACLIP's preset has it on)
     "sclip": dict(readout="sclip", pos_embed="dino", score="name-softmax"),
+    "sclip+PAMR": dict(readout="sclip", pos_embed="dino", score="name-softmax", pamr=True),
     "clearclip": dict(readout="clearclip", pos_embed="dino", score="name-softmax"),
+    "clearclip+PAMR": dict(readout="clearclip", pos_embed="dino", score="name-softmax", pamr=True),
     "naclip": dict(readout="naclip", pos_embed="dino", score="name-softmax"),
     "naclip+PAMR": dict(readout="naclip", pos_embed="dino", score="name-softmax", pamr=True),
 }
@@ -59,11 +62,16 @@ BEST_VARIANT = "value-only"
 
 
 def variants_for(model: CLIP, paper_only: bool = False) -> dict[str, dict]:
-    """The VARIANTS that apply to the model (output-stride ones need a ResNet); `paper_only` drops our
-    additions, leaving the paper's and the authors' settings."""
+    """The VARIANTS that apply to the model (output-stride ones need a ResNet, successors a ViT);
+    `paper_only` keeps the MaskCLIP paper's and the authors' settings (no output stride, successor, PAMR)."""
     resnet = not isinstance(model.visual, VisionTransformer)
-    ours = {k: v for k, v in VARIANTS.items() if "output_stride" not in v or (resnet and not paper_only)}
-    return {k: v for k, v in ours.items() if v.get("readout") not in _VIT_ONLY or not (resnet or paper_only)}
+
+    def applies(v: dict) -> bool:
+        if paper_only and ("output_stride" in v or v.get("pamr") or v["readout"] in _VIT_ONLY):
+            return False
+        return ("output_stride" not in v or resnet) and (v["readout"] not in _VIT_ONLY or not resnet)
+
+    return {k: v for k, v in VARIANTS.items() if applies(v)}
 
 
 def toy_config(model: CLIP | None = None, **overrides) -> MaskCLIPConfig:
