@@ -4,7 +4,7 @@ from maskclip.data.classes import CLASS_LISTS, display_names, load_class_names, 
 
 EXPECTED_SIZES = {
     "voc20": 20, "voc21": 21, "context59": 59, "context60": 60, "context459": 459,
-    "coco_stuff171": 171, "coco_object": 81, "ade150": 150, "cityscapes19": 19, "camvid11": 11,
+    "coco_stuff171": 171, "coco_object": 81, "ade150": 150, "ade847": 847, "cityscapes19": 19, "camvid11": 11,
 }
 
 
@@ -87,3 +87,10 @@ def test_parse_duplicate_synonym_across_lines_is_named(tmp_path):
 def test_parse_missing_file_path_is_reported():
     with pytest.raises(ValueError, match="does not exist"):
         parse_class_arg("/nonexistent/classes.txt")
+
+
+def test_command_line_lists_take_the_aliases_too():
+    from maskclip.vocab import is_packaged_list, parse_classes
+
+    for alias, n in (("coco_object_expanded", 81), ("ADE20K", 150), ("coco-stuff", 171), ("a847", 847)):
+        assert len(parse_classes(alias)) == n and is_packaged_list(alias)

@@ -13,8 +13,10 @@ from .data.image_io import read_image  # noqa: E402
 from .dense import MaskCLIP, MaskCLIPConfig, MaskCLIPPredictor, Prediction, build_text_classifier  # noqa: E402
 from .plus.predictor import PlusPredictor  # noqa: E402
 from .predict import Predictor, load_predictor  # noqa: E402
+from .regions import MaskSet, RegionConfig, RegionPredictor  # noqa: E402
+from .regions.mask_io import read_masks  # noqa: E402
 from .vocab import Vocabulary  # noqa: E402
 
-__all__ = ["MaskCLIP", "MaskCLIPConfig", "MaskCLIPPredictor", "PlusPredictor", "Prediction", "Predictor",
-           "Vocabulary", "WeightsInfo", "available_models", "build_text_classifier", "load_clip", "load_predictor",
-           "load_weights", "random_clip", "read_image"]
+__all__ = ["MaskCLIP", "MaskCLIPConfig", "MaskCLIPPredictor", "MaskSet", "PlusPredictor", "Prediction", "Predictor",
+           "RegionConfig", "RegionPredictor", "Vocabulary", "WeightsInfo", "available_models", "build_text_classifier",
+           "load_clip", "load_predictor", "load_weights", "random_clip", "read_image", "read_masks"]

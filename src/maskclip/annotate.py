@@ -16,7 +16,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from .data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_
 from .dense.predictor import Prediction
 from .io.atomic import write_json
 from .io.layout import OutputLayout, output_names
-from .render import heatmap, label_counts, overlay_with_legend, palette
+from .render import heatmap, label_counts, label_palette, overlay_with_legend
 from .tiling import resized_size
 from .vocab import Vocabulary
 
@@ -90,7 +90,7 @@ def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Pred
                   heatmaps: bool = False, labels: np.ndarray | None = None) -> dict:
     """Label PNG, overlay, heat maps, then the sidecar (last: it marks the image done). `pred` is at the
     size of `image` (the pictures); `labels`, if given, the label map at the file's full size."""
-    colors = palette(len(pred.classes))
+    colors = label_palette(pred.classes)
     labels = pred.labels if labels is None else labels
     write_png_atomic(layout.label(name), labels, palette=colors if len(colors) <= 256 else None)
     write_png_atomic(layout.overlay(name), overlay_with_legend(image, pred.labels, pred.classes, colors,
@@ -107,6 +107,7 @@ def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Pred
         "pixel_fraction": {c: round(float(n) / labels.size, 6) for c, n in zip(pred.classes, counts) if n},
         "label_png": layout.relative(layout.label(name)),
         "overlay_png": layout.relative(layout.overlay(name)),
+        **({"regions": pred.regions} if pred.regions is not None else {}),
     }
     write_json(layout.sidecar(name), record)
     return record
@@ -124,6 +125,7 @@ class LabelOptions:
     progress: bool = True
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
     reduced_decode_pixels: int = REDUCED_DECODE_PIXELS  # larger JPEGs are decoded at reduced size
+    max_masks: int = 1000  # region classification: masks per image at most (`regions.mask_io.read_masks`)
 
 
 def working_size(predictor, size: tuple[int, int]) -> tuple[int, int] | None:
@@ -155,11 +157,13 @@ def full_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: Vocabulary, meta: dict,
-                opts: LabelOptions = LabelOptions(), names: Sequence[str] | None = None) -> BatchReport:
+                opts: LabelOptions = LabelOptions(), names: Sequence[str] | None = None,
+                masks_for: Callable[[Path, str], Path] | None = None) -> BatchReport:
     """Segment `files` into `layout`. `meta` (model, settings) goes into every sidecar and keys resumption.
 
     `names`: output names (default `output_names(files)`; pass the whole collection's names when
-    labelling a shard of it, so that every shard agrees).
+    labelling a shard of it, so that every shard agrees). `masks_for(image, name)`: the mask file of each
+    image for a region predictor (`maskclip.regions`): read at the image's size, part of the source identity.
     """
     names = list(names) if names is not None else output_names(files)
     key = run_key(meta, vocab)
@@ -168,14 +172,20 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
     bar = tqdm(list(zip(files, names)), desc="segment", unit="img", disable=not opts.progress)
     for path, name in bar:
         try:
-            source = source_id(path)
+            mask_path = masks_for(path, name) if masks_for is not None else None
+            source = source_id(path) | ({"masks": source_id(mask_path)} if mask_path is not None else {})
             if opts.resume and is_finished(layout, name, source, key, n_heat):
                 report.skipped.append(str(path))
                 report.done_names.append(name)
                 continue
             image, size = read_input(path, predictor, opts)
             t0 = time.perf_counter()
-            predictor.set_image(image)
+            if mask_path is not None:
+                from .regions.mask_io import read_masks
+
+                predictor.set_image(image, masks=read_masks(mask_path, image.shape[:2], path.name, opts.max_masks))
+            else:
+                predictor.set_image(image)
             pred = predictor.predict(vocab, return_probs=opts.heatmaps)
             labels = full_size(pred.labels, size)
             seconds = time.perf_counter() - t0

@@ -28,6 +28,19 @@ def palette(n: int, first: np.ndarray | None = None) -> np.ndarray:
     return np.concatenate([base, extra])
 
 
+UNKNOWN_COLOUR = (150, 150, 150)  # never a VOC colour map entry (those are sums of powers of two >= 32)
+
+
+def label_palette(names: Sequence[str]) -> np.ndarray:
+    """`palette(len(names))` with "unknown" (pixels below a threshold, or that no mask covers) in a neutral
+    grey, so that it never looks like a class."""
+    colors = palette(len(names))
+    for i, n in enumerate(names):
+        if n == "unknown":
+            colors[i] = UNKNOWN_COLOUR
+    return colors
+
+
 _BLOCK = 1 << 20  # pixels per block: large label maps are drawn in row blocks, so memory stays bounded
 
 

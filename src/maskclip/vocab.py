@@ -159,9 +159,9 @@ def _split(line: str) -> list[str]:
 
 def is_packaged_list(text: str) -> bool:
     """Whether a --classes value names one of the packaged benchmark lists (and no file of that name exists)."""
-    from .data.classes import CLASS_LISTS
+    from .data.classes import CLASS_LISTS, list_key
 
-    return str(text).strip().lower().replace("-", "_") in CLASS_LISTS and _as_file(str(text).strip()) is None
+    return list_key(str(text)) in CLASS_LISTS and _as_file(str(text).strip()) is None
 
 
 def parse_classes(text: str, option: str = "--classes", warn=None) -> tuple[tuple[str, ...], ...]:
@@ -171,13 +171,13 @@ def parse_classes(text: str, option: str = "--classes", warn=None) -> tuple[tupl
     `warn(message)` is told when a bare word is neither a packaged list nor a file and is taken as one
     class. Raises SettingsError naming the option.
     """
-    from .data.classes import CLASS_LISTS, load_class_names
+    from .data.classes import CLASS_LISTS, list_key, load_class_names
 
     raw = str(text).strip()
     if not raw:
         raise SettingsError(f"{option} is empty; give class names like 'cat,dog', a class file or a packaged list "
                             f"({', '.join(CLASS_LISTS)})")
-    key = raw.lower().replace("-", "_")
+    key = list_key(raw)  # a list name or an alias (coco_object_expanded, ade20k, ...)
     file = _as_file(raw)
     if file is None and key in CLASS_LISTS:
         return tuple(tuple(c) for c in load_class_names(key))

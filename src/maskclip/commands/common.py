@@ -37,12 +37,16 @@ def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> 
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def add_maskclip_options(p: argparse.ArgumentParser, flags: dict[str, str] | None = None, prefix: str = "") -> None:
+def add_maskclip_options(p: argparse.ArgumentParser, flags: dict[str, str] | None = None, prefix: str = "",
+                         regions: bool = False) -> None:
     g = p.add_argument_group("MaskCLIP (defaults: the paper; the bundled toy CLIPs: their recommended settings)")
-    g.add_argument("--method", dest=prefix + "method", choices=METHODS, default=None,
+    g.add_argument("--method", dest=prefix + "method", choices=METHODS + (("regions",) if regions else ()),
+                   default=None,
                    help="maskclip (default) or a training-free successor, ViT CLIPs only: sclip, clearclip, naclip, "
                         "each with its paper's settings (read-out, geometry, resize, windows, temperature, score "
-                        "rule, templates; NACLIP: PAMR; per dataset in eval); the options below override them")
+                        "rule, templates; NACLIP: PAMR; per dataset in eval); the options below override them"
+                        + ("; 'regions': classify --proposals masks with a frozen CLIP (region classification)"
+                           if regions else ""))
     add_config_options(g, MaskCLIPConfig, flags, note="; bundled toy CLIPs: their own", prefix=prefix)
     g.add_argument("--templates", dest=prefix + "templates", default=None,
                    help="'85' (the paper's prompt templates, the default), '80' (OpenAI's ImageNet templates, the "
@@ -71,10 +75,32 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
                         f"guard; default: {DEFAULT_MAX_PIXELS})")
 
 
+def add_batch_options(p: argparse.ArgumentParser, heatmaps: str = "also write a probability heat map per class"
+                      ) -> None:
+    """What the labelling commands (segment, label, classify-masks) share: input scanning, resumption, progress,
+    the image guard and the vocabulary."""
+    p.add_argument("--recursive", action="store_true", help="also look for images in sub-directories")
+    p.add_argument("--heatmaps", action="store_true", help=heatmaps)
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute images whose outputs already exist with the same settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_image_options(p)
+    add_vocabulary_options(p)
+
+
+def unseen_names(text: str) -> tuple[str, ...]:
+    """--unseen: comma-separated names, or a packaged zero-shot split (voc20, coco_stuff171, context60, ...)."""
+    from ..data.splits import SPLITS, load_split
+
+    if text.strip().lower() in SPLITS:
+        return tuple(load_split(text.strip().lower())[1])
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def method_base(args: argparse.Namespace, prefix: str = "") -> tuple[MaskCLIPConfig | None, str | None]:
     """The --method preset's config and templates (None, None without --method)."""
     method = getattr(args, prefix + "method", None)
-    if method is None:
+    if method is None or method == "regions":  # regions: MaskCLIP's own settings for its dense side
         return None, None
     preset = method_preset(method)
     return preset.config(), preset.templates

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from ..dense.config import settings_dict
@@ -11,6 +12,7 @@ from ..dense.methods import method_preset
 from ..errors import SettingsError
 from ..eval.report import pct
 from ..io.layout import check_out_dir
+from .classify_masks import region_config, region_predictor
 from .common import (
     add_maskclip_options,
     add_model_options,
@@ -65,14 +67,38 @@ def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
                    help="pixels whose top probability is below this become the background class 0 "
                         "(the later protocol sets 0.1 on voc21/context60/coco-object)")
     p.add_argument("--unseen", default=None,
-                   help="comma-separated unseen class names for zero-shot metrics (mIoU(S), mIoU(U), hIoU)")
+                   help="unseen classes for zero-shot metrics (mIoU(S), mIoU(U), hIoU): comma-separated names, or a "
+                        "packaged split: voc20, coco_stuff171, context60, context59, ade847 (their sources: "
+                        "maskclip/assets/splits/SOURCES.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
     p.add_argument("--save-vis", type=bounded_int(0, 10 ** 9), default=0, metavar="N",
                    help="write image | ground truth | prediction panels for the first N images to OUT/vis")
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/eval/<dataset>-<protocol>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(p)
-    add_maskclip_options(p)
+    add_maskclip_options(p, regions=True)
+    from .classify_masks import add_region_options
+
+    add_region_options(p, "--method regions: where the masks come from (--proposals: also a folder of mask files, "
+                          "one per image, named as the images)")
+
+
+def _regions(args: argparse.Namespace) -> tuple[object, Path | None]:
+    """(what RegionPredictor takes as proposals, a masks folder) for --method regions; checked up front."""
+    if args.method != "regions":
+        if args.proposals is not None:
+            raise SettingsError("--proposals is for --method regions")
+        return None, None
+    if args.proposals is None:
+        raise SettingsError("--method regions needs --proposals: 'regions', a proposal generator or a masks folder")
+    if args.proposals == "regions":
+        return "regions", None
+    path = Path(args.proposals)
+    if path.is_dir():
+        return None, path
+    if not path.is_file():
+        raise SettingsError(f"--proposals {args.proposals}: neither 'regions', a proposal-generator file nor a folder")
+    return path, None
 
 
 def prepare(args: argparse.Namespace):
@@ -91,7 +117,9 @@ def prepare(args: argparse.Namespace):
         raise SettingsError(f"--dataset {args.dataset}: {err}") from None
     proto = _protocol(args, name)
     overrides = overrides_from_args(args)
-    if args.method is not None and proto is not None and proto.name != args.method:  # another protocol's geometry
+    proposals, masks_dir = _regions(args)
+    region_cfg = region_config(args) if args.method == "regions" else None
+    if args.method not in (None, "regions") and proto is not None and proto.name != args.method:  # another geometry
         overrides = {"readout": method_preset(args.method).fields.get("readout", "authors"), **overrides}
     templates = templates_from_arg(args.templates) or (proto.templates if proto else None)
     bg = args.bg_threshold if args.bg_threshold is not None else (proto.bg_threshold if proto else None)
@@ -110,7 +138,11 @@ def prepare(args: argparse.Namespace):
     settings = {**ident, "protocol": proto.name if proto else "model", "config": settings_dict(predictor.config),
                 "templates": tmpl if isinstance(tmpl, str) else list(tmpl), "split": args.split}
     settings["method"] = args.method or "maskclip"
-    return dataset, predictor, settings, bg, unseen, proto
+    if region_cfg is not None:
+        predictor = region_predictor(predictor, args, region_cfg, proposals)
+        settings.update(regions=asdict(region_cfg), proposals=str(args.proposals), min_region=args.min_region,
+                        no_object=args.no_object)
+    return dataset, predictor, settings, bg, unseen, proto, masks_dir
 
 
 def _protocol(args: argparse.Namespace, dataset: str):
@@ -128,10 +160,23 @@ def _protocol(args: argparse.Namespace, dataset: str):
 
 
 def _unseen_ids(text: str | None, dataset) -> list[int] | None:
+    """--unseen: a packaged zero-shot split's name (voc20, coco_stuff171, context60, context59, ade847) or class
+    names, matched by the names the dataset shows first, then by any synonym (the first class naming it)."""
+    from ..data.splits import SPLITS, load_split
+
     if not text:
         return None
+    if text.strip().lower() in SPLITS:
+        seen, unseen = load_split(text.strip().lower())
+        if sorted(seen + unseen) != sorted(dataset.class_names):
+            raise SettingsError(f"--unseen {text}: that split is of another class list than {dataset.name}'s")
+        return sorted(dataset.class_names.index(n) for n in unseen)
     wanted = [n.strip().lower() for n in text.split(",") if n.strip()]
-    lookup = {n.lower(): i for i, c in enumerate(dataset.classes) for n in c}
+    lookup = {}
+    for i, c in enumerate(dataset.classes):
+        for n in c:
+            lookup.setdefault(n.lower(), i)
+    lookup.update({n.lower(): i for i, n in enumerate(dataset.class_names)})
     missing = [n for n in wanted if n not in lookup]
     if missing or not wanted:
         raise SettingsError(f"--unseen: {missing or text!r} are not classes of {dataset.name}: "
@@ -143,14 +188,15 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.loop import Corruption
     from ..eval.runner import EvalJob, evaluate
 
-    dataset, predictor, settings, bg, unseen, proto = prepare(args)
+    dataset, predictor, settings, bg, unseen, proto, masks_dir = prepare(args)
     tag = f"{dataset.name}-{settings['protocol']}" + (f"-{args.corruption}{args.severity}" if args.corruption else "")
     out = args.out or Path("runs") / "eval" / tag
     corruption = Corruption(args.corruption, args.severity, args.seed) if args.corruption else None
     report = evaluate(predictor, dataset, out, EvalJob(settings, bg, corruption, args.limit, args.save_vis,
                                                        unseen=unseen, progress=not args.quiet,
                                                        classes=proto.classes if proto else None,
-                                                       display=proto.display if proto else None))
+                                                       display=proto.display if proto else None,
+                                                       masks_dir=masks_dir))
     m = report.metrics
     line = f"{dataset.name}: mIoU {pct(m['mIoU'])}  pAcc {pct(m['pAcc'])}  mAcc {pct(m['mAcc'])}"
     if "hIoU" in m:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_image_options, add_maskclip_options, add_model_options, add_vocabulary_options
+from .common import add_batch_options, add_maskclip_options, add_model_options
 
 EPILOG = """examples:
   maskclip label images/ --classes context59 --out pseudo/            (a packaged class list by name)
@@ -35,12 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
                    help="process every n-th image starting at i (sorted order), to split work across machines")
-    p.add_argument("--recursive", action="store_true", help="also look for images in sub-directories")
-    p.add_argument("--heatmaps", action="store_true", help="also write per-class heat maps")
-    p.add_argument("--no-resume", action="store_true", help="recompute images already labelled")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_image_options(p)
-    add_vocabulary_options(p)
+    add_batch_options(p)
     add_model_options(p)
     add_maskclip_options(p)
     p.set_defaults(func=run)

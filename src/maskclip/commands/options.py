@@ -47,6 +47,22 @@ def positive_float(text: str) -> float:
     return _number(text, lambda v: v > 0, "a finite number > 0")
 
 
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0 (weights, decay, clipping)."""
+    return _number(text, lambda v: v >= 0, "a finite number >= 0")
+
+
+def size_pair(text: str) -> tuple[int, int]:
+    """An argparse type: N or H,W (also HxW) positive integers -> (H, W)."""
+    try:
+        vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if not 1 <= len(vals) <= 2 or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"expected N or H,W (positive integers), got {text!r}")
+    return (vals[0], vals[-1])
+
+
 _NAMED = {"fraction": fraction, "positive_float": positive_float}
 
 
@@ -99,4 +115,5 @@ def config_overrides(args: argparse.Namespace, cls: type, prefix: str = "") -> d
     return out
 
 
-__all__ = ["add_config_options", "bounded_int", "config_overrides", "fraction", "positive_float"]
+__all__ = ["add_config_options", "bounded_int", "config_overrides", "fraction", "non_negative", "positive_float",
+           "size_pair"]

@@ -67,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"--corruptions: unknown {unknown or 'empty list'}; choose from {', '.join(CORRUPTIONS)}")
     if not args.severities or any(not 1 <= s <= 5 for s in args.severities):
         raise SettingsError("--severities must be integers in 1..5, e.g. 1,3,5")
-    dataset, predictor, settings, bg, unseen, proto = prepare(args)
+    dataset, predictor, settings, bg, unseen, proto, masks_dir = prepare(args)
     out = args.out or Path("runs") / "robustness" / f"{dataset.name}-{settings['protocol']}"
     job = EvalJob(settings, bg, limit=args.limit, unseen=unseen, progress=not args.quiet,
-                  classes=proto.classes if proto else None, display=proto.display if proto else None)
+                  classes=proto.classes if proto else None, display=proto.display if proto else None,
+                  masks_dir=masks_dir)
     clean = evaluate(predictor, dataset, out / "clean", replace(job, save_vis=args.save_vis))
     results: dict[str, dict[int, float]] = {"none": {0: clean.metrics["mIoU"]}}
     for name in names:

@@ -18,10 +18,9 @@ from ..io.layout import OutputLayout, check_no_overwrite, check_out_dir, output_
 from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
 from ..vocab import Vocabulary, parse_vocabulary
 from .common import (
-    add_image_options,
+    add_batch_options,
     add_maskclip_options,
     add_model_options,
-    add_vocabulary_options,
     method_base,
     overrides_from_args,
     resolve_device,
@@ -50,13 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files (JPEG/PNG/WebP/BMP/TIFF) and/or directories of images")
     p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
-    p.add_argument("--recursive", action="store_true", help="also look for images in sub-directories")
-    p.add_argument("--heatmaps", action="store_true", help="also write a probability heat map per class")
-    p.add_argument("--no-resume", action="store_true",
-                   help="recompute images whose outputs already exist with the same settings")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_image_options(p)
-    add_vocabulary_options(p)
+    add_batch_options(p)
     add_model_options(p)
     add_maskclip_options(p)
     p.set_defaults(func=run)
@@ -80,8 +73,9 @@ class Job:
     base: MaskCLIPConfig | None = None  # a --method's preset (None: the model's recommended settings)
 
 
-def plan(args: argparse.Namespace) -> Job:
-    """Every option and input checked once, before the model loads or any image is read (SettingsError)."""
+def plan(args: argparse.Namespace, exclude: tuple[Path, ...] = ()) -> Job:
+    """Every option and input checked once, before the model loads or any image is read (SettingsError);
+    `exclude`: more folders never scanned for images (e.g. the masks of classify-masks)."""
     vocab = parse_vocabulary(args.classes, args.background, args.threshold, warn=warn)
     overrides = overrides_from_args(args)
     base, method_templates = method_base(args)
@@ -90,7 +84,7 @@ def plan(args: argparse.Namespace) -> Job:
     resolve_device(args.device)
     layout = OutputLayout(check_out_dir(args.out))
     try:
-        files, skipped = scan_images(args.inputs, recursive=args.recursive, exclude=layout.folders())
+        files, skipped = scan_images(args.inputs, recursive=args.recursive, exclude=[*layout.folders(), *exclude])
     except (FileNotFoundError, ValueError) as err:
         raise SettingsError(str(err)) from None
     names = output_names(files)

@@ -26,8 +26,9 @@ from .common import (
     overrides_from_args,
     resolve_device,
     templates_from_arg,
+    unseen_names,
 )
-from .options import bounded_int, positive_float
+from .options import bounded_int, positive_float, size_pair
 
 EPILOG = """examples:
   # annotation-free (paper: VOC 2k iterations, batch 16, 512x512 crops), MaskCLIP ViT-B/16 teacher
@@ -68,16 +69,6 @@ def _fraction_or_word(text: str) -> float | str | None:
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"--self-train-after must lie in [0, 1], got {v}")
     return v
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        vals = []
-    if not 1 <= len(vals) <= 2 or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or H,W (positive integers), got {text!r}")
-    return (vals[0], vals[-1])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -129,7 +120,8 @@ def _mode_options(p: argparse.ArgumentParser) -> None:
                         "list (voc20, context59, coco_stuff171, ...); label ids index into it. Default with "
                         "--dataset: the dataset's classes")
     g.add_argument("--unseen", default=None, metavar="NAMES",
-                   help="zero-shot: comma-separated unseen class names (or ids) among --classes")
+                   help="zero-shot: comma-separated unseen class names (or ids) among --classes, or a packaged "
+                        "split: voc20, coco_stuff171, context60, context59, ade847")
     g.add_argument("--suppress-unseen", action="store_true",
                    help="zero-shot: turn unseen-class pixels of the ground truth into unlabelled pixels on loading "
                         "(the authors' loader). Without it, any unseen class id in the ground truth stops training "
@@ -168,9 +160,9 @@ def _schedule_options(p: argparse.ArgumentParser, d: PlusTrainConfig) -> None:
                         "Context, 8000 COCO-Stuff; zero-shot: 20000/40000/80000)")
     g.add_argument("--batch-size", type=bounded_int(1, 65536), default=d.batch_size,
                    help=f"GLOBAL batch size, split evenly over torchrun processes (default {d.batch_size})")
-    g.add_argument("--crop-size", type=_size, default=d.crop_size, metavar="N|H,W",
+    g.add_argument("--crop-size", type=size_pair, default=d.crop_size, metavar="N|H,W",
                    help="training crop (default 512; Pascal Context 480)")
-    g.add_argument("--scale", type=_size, default=d.scale, metavar="L,S",
+    g.add_argument("--scale", type=size_pair, default=d.scale, metavar="L,S",
                    help="base (long, short) size of the random resize by 0.5-2.0 (default 2048,512; Pascal Context "
                         "520,520)")
     g.add_argument("--lr", type=positive_float, default=d.lr, help=f"SGD learning rate, poly decay (default {d.lr})")
@@ -226,7 +218,7 @@ def job_from_args(args: argparse.Namespace) -> PlusJob:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, amp=args.amp, seed=args.seed,
         out_dir=str(args.out), resume=args.resume, num_workers=args.workers, freeze_bn=args.freeze_bn,
         photometric=not args.no_photometric)
-    unseen = tuple(t.strip() for t in (args.unseen or "").split(",") if t.strip())
+    unseen = unseen_names(args.unseen or "")
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     return PlusJob(data, teacher, target, schedule, unseen, use_teacher=not args.no_teacher, options=options)
 

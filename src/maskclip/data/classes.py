@@ -5,6 +5,11 @@ takes the max over a class's names, which is how the later training-free papers 
 ``*_expanded`` lists. For voc21 / context60 / coco_object the first class is "background",
 whose names are a list of stuff words (sky, wall, tree, ...): all are kept so that the
 background score is the max over them, and ``display_names`` reports it as "background".
+
+Display names are unique within every list (reports, --unseen and the vocabulary's one-name rule rely on it).
+ADE20K-full (ade847) names several classes by the same first word ("bag" three times, "pot", "screen", ...):
+there, see `_unique_display`, a class may lead with another of its own synonyms. Where each list comes from:
+maskclip/assets/class_names/SOURCES.md.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ _PACKAGED = {
     "coco_stuff171": "coco_stuff171.txt",
     "coco_object": "coco_object_expanded.txt",
     "ade150": "ade150.txt",
+    "ade847": "ade847.txt",
     "cityscapes19": "cityscapes19.txt",
 }
 
@@ -42,6 +48,9 @@ _ALIASES = {
     "coco_object81": "coco_object",
     "cityscapes": "cityscapes19",
     "ade20k": "ade150",
+    "ade20k_full": "ade847",
+    "ade_full": "ade847",
+    "a847": "ade847",
     "coco_stuff": "coco_stuff171",
     "camvid": "camvid11",
 }
@@ -53,14 +62,49 @@ def _split_line(line: str) -> list[str]:
     return [n.strip() for n in line.split(",") if n.strip()]
 
 
+def _key(name: str) -> str:
+    return " ".join(name.lower().split())  # as maskclip.vocab.name_key: case and runs of spaces do not count
+
+
+def list_key(name: str) -> str:
+    """The packaged-list key that ``name`` (a list name or alias, any case, '-' or '_') stands for."""
+    key = name.strip().lower().replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def _unique_display(classes: list[list[str]]) -> list[list[str]]:
+    """Lead every class with a name that no other class leads with.
+
+    A class scores the max over its names, so their order changes only what is shown. Among classes that
+    share a first name, one with a single name (else the first) keeps it; every other one leads with its
+    first synonym that no class leads with (ade847: "bag, handbag, pocketbook, purse" shows as "handbag").
+    """
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        groups.setdefault(_key(c[0]), []).append(i)
+    leads = set(groups)
+    out = [list(c) for c in classes]
+    for ids in (g for g in groups.values() if len(g) > 1):
+        keeper = next((i for i in ids if len(classes[i]) == 1), ids[0])
+        for i in ids:
+            if i == keeper:
+                continue
+            alt = next((n for n in classes[i][1:] if _key(n) not in leads), None)
+            if alt is None:
+                raise ValueError(f"class {i} {classes[i]!r} has no name of its own to show; another class leads "
+                                 f"with {classes[i][0]!r}")
+            leads.add(_key(alt))
+            out[i] = [alt, *(n for n in classes[i] if n != alt)]
+    return out
+
+
 def load_class_names(name: str) -> list[list[str]]:
-    """The packaged class list ``name`` (one of CLASS_LISTS) as a list of synonym lists.
+    """The packaged class list ``name`` (one of CLASS_LISTS) as a list of synonym lists, in class-id order.
 
     The background class of voc21/context60/coco_object is returned with "background" as its
-    first (display) name, followed by all its stuff words.
+    first (display) name, followed by all its stuff words. First names are unique (`_unique_display`).
     """
-    key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    key = list_key(name)
     if key == "camvid11":
         return [list(c) for c in CAMVID11]
     if key not in _PACKAGED:
@@ -70,7 +114,7 @@ def load_class_names(name: str) -> list[list[str]]:
     if key in _HAS_BACKGROUND:
         bg = [n for n in classes[0] if n != "background"]
         classes[0] = ["background", *bg]
-    return classes
+    return _unique_display(classes)
 
 
 # The successors' class-name files (SCLIP's; ClearCLIP's where they differ), by the dataset they label

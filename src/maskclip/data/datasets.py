@@ -6,7 +6,7 @@ int64 label map, name, image path) plus the benchmark's official class list. Lab
 
 Conventions follow MMSegmentation (what MaskCLIP's evaluation used) unless noted:
 - "reduce_zero_label" (voc20, context59, ade150): raw 0 becomes ignore, other ids shift by -1,
-  raw 255 stays ignore.
+  raw 255 stays ignore. context459 and ade847 (more classes than a byte) use 65535 as ignore.
 - Images are read without applying EXIF orientation: annotations index the pixel grid as
   stored (mmseg, pycocotools and the dataset tools all work on stored pixels).
 - Each reader checks at open time that every image and label file exists; a sample whose
@@ -25,9 +25,11 @@ from pathlib import Path
 
 from .coco_readers import CocoInstances, load_coco_instances, open_coco_object, open_coco_stuff  # noqa: F401
 from .readers import (  # noqa: F401
+    ADE847_IGNORE,
     CONTEXT459_IGNORE,
     LAYOUTS,
     open_ade20k,
+    open_ade847,
     open_camvid,
     open_cityscapes,
     open_context,
@@ -69,6 +71,7 @@ _INFOS = [
      ("coco-stuff", "cocostuff", "coco-stuff164k")),
     (DatasetInfo("coco-object", open_coco_object, LAYOUTS["coco-object"]), ("coco-object81", "cocoobject")),
     (DatasetInfo("ade150", open_ade20k, LAYOUTS["ade150"]), ("ade20k", "ade")),
+    (DatasetInfo("ade847", open_ade847, LAYOUTS["ade847"]), ("ade-full", "a847", "ade20k-full")),
     (DatasetInfo("cityscapes", open_cityscapes, LAYOUTS["cityscapes"]), ("cityscapes19",)),
     (DatasetInfo("camvid", open_camvid, LAYOUTS["camvid"]), ("camvid11",)),
     (DatasetInfo("folder", open_folder, LAYOUTS["folder"]), ("generic",)),

@@ -51,6 +51,9 @@ _COCO_OBJECT_LAYOUT = """  <root>/[images/]<split>2017/<id>.jpg
 _ADE_LAYOUT = """  <root>/[ADEChallengeData2016/]images/validation/<id>.jpg
   <root>/.../annotations/validation/<id>.png     (0 other -> ignore, 1..150)
       (a flat images/ + annotations/ pair is accepted too)"""
+_ADE847_LAYOUT = """  <root>/[ADE20K_2021_17_01/]images_detectron2/validation/<id>.jpg
+  <root>/.../annotations_detectron2/validation/<id>.tif   (16-bit: 0..846 = the 847 classes, 65535 = unlabelled)
+      (Mask2Former's datasets/prepare_ade20k_full_sem_seg.py output; split train reads training/)"""
 _CITYSCAPES_LAYOUT = """  <root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png
   <root>/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png   (0..18, 255)
       or <stem>_gtFine_labelIds.png (official 34 ids, mapped to train ids)
@@ -62,8 +65,8 @@ _FOLDER_LAYOUT = """  <root>/<images>/<stem>.<ext>, <root>/<labels>/<stem><label
 
 LAYOUTS.update({"voc21": _VOC_LAYOUT, "voc20": _VOC_LAYOUT, "context60": _CONTEXT_LAYOUT, "context59": _CONTEXT_LAYOUT,
                 "context459": _CTX459_LAYOUT, "coco-stuff171": _COCO_STUFF_LAYOUT, "coco-object": _COCO_OBJECT_LAYOUT,
-                "ade150": _ADE_LAYOUT, "cityscapes": _CITYSCAPES_LAYOUT, "camvid": _CAMVID_LAYOUT,
-                "folder": _FOLDER_LAYOUT})
+                "ade150": _ADE_LAYOUT, "ade847": _ADE847_LAYOUT, "cityscapes": _CITYSCAPES_LAYOUT,
+                "camvid": _CAMVID_LAYOUT, "folder": _FOLDER_LAYOUT})
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -236,6 +239,33 @@ def open_ade20k(root: str | Path, split: str = "val") -> SegDataset:
     _check_exist(dataset, root, refs)
     return SegDataset(dataset, load_class_names("ade150"), refs, lambda r: reduce_zero_label(read_label(r.label_path)),
                       255, base)
+
+
+ADE847_IGNORE = 65535
+
+
+def open_ade847(root: str | Path, split: str = "val") -> SegDataset:
+    """ADE20K-full, all 847 classes, as Mask2Former's prepare_ade20k_full_sem_seg.py writes it.
+
+    Its labels are 16-bit TIFFs of train ids 0..846 with 65535 for unlabelled pixels (there are more
+    classes than a byte holds, so 255 is a class here and the ignore index is 65535, as for context459).
+    Images and labels are paired by stem; a .png label of the same stem is accepted too.
+    """
+    dataset = "ade847"
+    root = Path(root)
+    sub = {"val": "validation", "train": "training"}.get(split, split)
+    base = _find_base(root, ["", "ADE20K_2021_17_01"],
+                      [f"images_detectron2/{sub}", f"annotations_detectron2/{sub}"], dataset)
+    ann_dir = base / "annotations_detectron2" / sub
+    suffixes = (".tif", ".tiff", ".png")
+    refs = [SampleRef(p.stem, p, _first_existing(ann_dir, p.stem, suffixes) or ann_dir / f"{p.stem}.tif")
+            for p in _images_in(base / "images_detectron2" / sub)]
+    _check_exist(dataset, root, refs)
+
+    def load(ref: SampleRef) -> np.ndarray:
+        return read_label(ref.label_path).astype(np.int64)
+
+    return SegDataset(dataset, load_class_names("ade847"), refs, load, ADE847_IGNORE, base)
 
 
 def open_cityscapes(root: str | Path, split: str = "val", *, label_type: str = "auto") -> SegDataset:

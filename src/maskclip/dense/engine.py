@@ -139,7 +139,10 @@ class MaskCLIP:
         """Scores of every window, upsampled bilinearly from the grid: to the padded window and cropped back
         (pad "crop": [N, K, ph, pw], cropped by `stitch`; "center": [N, K, wh, ww]) or straight to the window
         ("stretch", "floor")."""
-        scores = self.grid_scores(sf.feats, sf.keys, classifier)
+        return self.window_upsample(self.grid_scores(sf.feats, sf.keys, classifier), sf)
+
+    def window_upsample(self, scores: torch.Tensor, sf: ScaleFeatures) -> torch.Tensor:
+        """The geometry of `window_scores`: grid maps [N, K, h, w] of sf's windows upsampled to the windows."""
         pad = self.config.pad
         if pad in ("stretch", "floor"):
             return F.interpolate(scores, size=sf.plan.window, mode="bilinear", align_corners=False)
@@ -153,6 +156,13 @@ class MaskCLIP:
     def scale_scores(self, sf: ScaleFeatures, classifier: TextClassifier) -> torch.Tensor:
         """Scores [K, H', W'] over the resized image: windows averaged where they overlap."""
         return stitch(self.window_scores(sf, classifier), sf.plan)
+
+    def image_map(self, grid: torch.Tensor, sf: ScaleFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """Any per-window grid maps [N_windows, K, h, w] of `sf` taken to the input size [K, H, W] the way
+        scores are (window upsampling, stitching, bilinear to the input size): a linear map, so region
+        pooling can run it backwards (`maskclip.regions.pooling`)."""
+        full = stitch(self.window_upsample(grid, sf), sf.plan)
+        return F.interpolate(full[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def to_probs(self, scores: torch.Tensor, classifier: TextClassifier | None = None,
                  temperature: float | None = None) -> torch.Tensor:

@@ -22,11 +22,13 @@ from .text import TextClassifier, build_text_classifier
 
 @dataclass
 class Prediction:
-    """labels [H, W] (indices into `classes`), probs [K, H, W] over `classes` (None if not asked)."""
+    """labels [H, W] (indices into `classes`), probs [K, H, W] over `classes` (None if not asked); regions:
+    one record per mask when masks were classified (`maskclip.regions`)."""
 
     labels: np.ndarray
     probs: np.ndarray | None
     classes: list[str]
+    regions: list[dict] | None = None
 
 
 def apply_threshold(labels: torch.Tensor, probs: torch.Tensor, threshold: float, fallback: int) -> torch.Tensor:

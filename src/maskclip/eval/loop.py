@@ -41,22 +41,36 @@ class Evaluated:
     seconds: float
 
 
-def predict_labels(predictor, image: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, float]:
-    """Label ids of one image and the seconds it took (encoder and decoder)."""
+def predict_labels(predictor, image: np.ndarray, vocab: Vocabulary, masks=None) -> tuple[np.ndarray, float]:
+    """Label ids of one image and the seconds it took (encoder and decoder); `masks` for a region predictor."""
     t0 = time.perf_counter()
-    predictor.set_image(image)
+    if masks is not None:
+        predictor.set_image(image, masks=masks)
+    else:
+        predictor.set_image(image)
     labels = predictor.predict(vocab, return_probs=False).labels
     return labels, time.perf_counter() - t0
 
 
 def evaluate_samples(predictor, samples: Iterable[tuple[int, str, np.ndarray, np.ndarray]], vocab: Vocabulary,
                      confusion: ConfusionMatrix | None = None, corruption: Corruption | None = None,
-                     on_image: Callable[[Evaluated], None] | None = None) -> ConfusionMatrix:
-    """Accumulate (index, name, image, label) samples' predictions into `confusion` (a new one if None)."""
+                     on_image: Callable[[Evaluated], None] | None = None,
+                     masks_for: Callable[[int, str, np.ndarray], object] | None = None,
+                     failures: list[tuple[str, str]] | None = None) -> ConfusionMatrix:
+    """Accumulate (index, name, image, label) samples' predictions into `confusion` (a new one if None).
+    `masks_for(index, name, image)`: each image's masks for a region predictor; an image whose masks cannot be
+    read is listed in `failures` (raised without such a list) and left out."""
     cm = confusion if confusion is not None else ConfusionMatrix(len(vocab.classes))
     for index, name, image, label in samples:
         image = corruption(image, index) if corruption is not None else image
-        pred, seconds = predict_labels(predictor, image, vocab)
+        try:
+            masks = masks_for(index, name, image) if masks_for is not None else None
+        except ValueError as err:  # SettingsError (a missing or bad mask file) included
+            if failures is None:
+                raise
+            failures.append((name, str(err)))
+            continue
+        pred, seconds = predict_labels(predictor, image, vocab, masks)
         cm.update(pred, label)
         if on_image is not None:
             on_image(Evaluated(index, name, image, label, pred, seconds))

@@ -43,11 +43,27 @@ class EvalJob:
     display: list[str] | None = None
     checkpoint_every: int = 10
     progress: bool = True
+    masks_dir: Path | None = None  # region classification: a mask file per image, named as the images
+
+    def masks_for(self, dataset: SegDataset):
+        """(index, name, image) -> the MaskSet of that image from `masks_dir` (None without one)."""
+        if self.masks_dir is None:
+            return None
+        from ..regions.mask_io import find_masks_for, read_masks
+
+        def read(index: int, name: str, image) -> object:
+            ref = dataset.refs[index]
+            return read_masks(find_masks_for(self.masks_dir, ref.image_path, name), image.shape[:2],
+                              ref.image_path.name)
+
+        return read
 
     def record(self, dataset: SegDataset) -> dict:
         c = self.corruption
+        masks = {"masks_dir": str(self.masks_dir.resolve())} if self.masks_dir is not None else {}
         return {**self.settings, "dataset": dataset.name, "corruption": c.name if c else None,
-                "severity": c.severity if c else None, "seed": c.seed if c else 0, "bg_threshold": self.bg_threshold}
+                "severity": c.severity if c else None, "seed": c.seed if c else 0, "bg_threshold": self.bg_threshold,
+                **masks}
 
 
 def vocabulary_of(dataset: SegDataset, bg_threshold: float | None, classes: list[list[str]] | None = None,
@@ -104,7 +120,7 @@ def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None 
 
     todo = [i for i in range(n) if names[i] not in done]
     evaluate_samples(predictor, _samples(dataset, todo, failures, bar), vocab, state.confusion, job.corruption,
-                     finished)
+                     finished, job.masks_for(dataset), failures)
     bar.close()
     store.save(state)
     report = _report(predictor, dataset, job, full, state, failures)
