@@ -33,6 +33,8 @@ examples:
   maskclip eval --dataset context59 --root data/VOCdevkit --model ViT-B/16 --ks --pd
   maskclip eval --dataset coco-object --root coco/ --protocol later --limit 50 --save-vis 8
   maskclip eval --dataset camvid --root camvid/ --corruption gaussian_noise --severity 3
+  maskclip eval --dataset voc20 --root VOCdevkit --method regions --proposals runs/props/model.pt --unseen voc20
+  maskclip eval --dataset coco-object --root coco/ --method regions --proposals sam_masks/ --merge pool
 
 Re-running the same command resumes where it stopped; the report goes to OUT/report.json and OUT/report.md."""
 
