@@ -24,10 +24,12 @@ from .common import (
 )
 
 EPILOG = """protocols (each MaskCLIP option given on the command line overrides the preset):
-  paper  the authors' configs: whole image resized to fit 520x520 (Pascal Context), 1024x512 (Cityscapes)
-         or 512x512 (others), ImageNet mean/std, 85 templates, logit scale 100
+  paper  the authors' configs: whole image resized with keep-ratio img_scale 520x520 (Pascal Context),
+         1024x512 (Cityscapes) or 2048x512 (VOC, COCO-Stuff, ADE: short side 512), ImageNet mean/std,
+         85 templates, logit scale 100 (add --compat authors for every choice of their code)
   later  SCLIP/ClearCLIP/NACLIP: short side 336 (560 Cityscapes), 224 windows with stride 112, CLIP mean/std,
          logit scale 40, background threshold 0.1 on voc21/context60/coco-object
+  sclip, clearclip, naclip   each method's own per-dataset protocol (also set by --method)
 
 examples:
   maskclip eval --dataset context59 --root data/VOCdevkit --model ViT-B/16 --ks --pd
