@@ -8,7 +8,9 @@ value-only path, each with and without key smoothing (KS) and prompt denoising (
 a trous read-out at output stride 16 and 8 (OS16, OS8: our addition); value-only with PAMR; for ViTs
 the successors' last blocks (SCLIP, ClearCLIP, NACLIP), each with and without PAMR; multi-scale;
 attribute queries ("COLOUR CATEGORY" must pick the right one of two same-category instances), with
-held-out colour-category pairs separately; and ImageNet-C-style corruptions at severities 1/3/5.
+held-out colour-category pairs separately; ImageNet-C-style corruptions at severities 1/3/5; and prompt
+denoising where its premise holds: a vocabulary of the ten classes plus ten names that never occur
+(`--pd-only` for that section alone).
 """
 
 from __future__ import annotations
@@ -41,6 +43,50 @@ def plus_rows(path: str | None, model: str, seed: int, size: int, sha: str | Non
     return rows
 
 
+PD_BASES = ("authors", "authors+KS", "value-only", "value-only+KS")
+
+
+def pd_section(model, scenes) -> list[dict]:
+    """Each base variant without and with PD, on the ten classes and on ten classes + ten absent names."""
+    from maskclip.toyworld.evaluate import (
+        ABSENT_NAMES,
+        KNOWN_ABSENT_NAMES,
+        VARIANTS,
+        evaluate_open_vocabulary,
+        toy_config,
+    )
+
+    rows = []
+    for base in PD_BASES:
+        for pd in (False, True):
+            config = toy_config(model, **{**VARIANTS[base], "pd": pd})
+            row = {"variant": base + ("+PD" if pd else ""),
+                   "miou_10": evaluate_open_vocabulary(model, scenes, config, ())[0]}
+            for key, names in (("unknown", ABSENT_NAMES), ("known", KNOWN_ABSENT_NAMES)):
+                row[f"miou_{key}"], row[f"absent_share_{key}"] = evaluate_open_vocabulary(model, scenes, config,
+                                                                                          names)
+            rows.append(row)
+            print(f"  {row['variant']:<20} 10 classes {100 * row['miou_10']:5.1f}  +unknown "
+                  f"{100 * row['miou_unknown']:5.1f} ({100 * row['absent_share_unknown']:.1f}% px)  +known "
+                  f"{100 * row['miou_known']:5.1f} ({100 * row['absent_share_known']:.1f}% px)", file=sys.stderr)
+    return rows
+
+
+def format_pd(rows: list[dict], model: str, n: int) -> str:
+    from maskclip.toyworld.evaluate import ABSENT_NAMES, KNOWN_ABSENT_NAMES
+
+    lines = [f"\nPrompt denoising where its premise holds ({model}, {n} scenes): the ten classes; the ten plus "
+             f"{len(ABSENT_NAMES)} names that never occur and the CLIP never read ({', '.join(ABSENT_NAMES)}); the ten "
+             f"plus {len(KNOWN_ABSENT_NAMES)} words it read in captions that name no class "
+             f"({', '.join(KNOWN_ABSENT_NAMES)}). mIoU over the ten; 'px' = pixels given an absent name:\n",
+             "| variant | 10 classes | + unknown names | px | + known words | px |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {100 * r['miou_10']:.1f} | {100 * r['miou_unknown']:.1f} | "
+                     f"{100 * r['absent_share_unknown']:.1f}% | {100 * r['miou_known']:.1f} | "
+                     f"{100 * r['absent_share_known']:.1f}% |")
+    return "\n".join(lines)
+
+
 def _manifest_best(model: str) -> str | None:
     from maskclip.clip.weights import MANIFEST_PATH
 
@@ -60,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="results of benchmarks/toyworld_plus.py to add as MaskCLIP+ rows when present and made on "
                         "the same model, world seed and image size (default: runs/toyworld_plus/results.json)")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
+    p.add_argument("--pd-only", action="store_true",
+                   help="only the prompt-denoising section: each variant with and without PD on the world's ten "
+                        "classes and on those plus ten names that never occur (most classes absent from each scene, "
+                        "as in Pascal Context-59)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, r.miou, r.per_class()))
         print(f"  {name:<34} mIoU {100 * r.miou:5.1f}", file=sys.stderr)
 
+    pd_rows = pd_section(model, scenes)
+    if args.pd_only:
+        print(format_pd(pd_rows, args.model, len(scenes)))
+        return 0
     variants = variants_for(model)
     for name, over in variants.items():
         seg(name, toy_config(model, **over))
@@ -150,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         for cname in dict.fromkeys(c for c, _, _ in corr):
             vals = [m for c, _, m in corr if c == cname]
             print(f"| {cname} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+    print(format_pd(pd_rows, args.model, len(scenes)))
     print(f"\n({time.time() - t0:.0f}s)")
     if args.json:
         out = {"model": args.model, "scenes": len(scenes), "seed": args.seed, "image_size": size,
                "rows": [{"variant": n, "miou": m, "per_class": per} for n, m, per in rows],
-               "attributes": attrs,
+               "attributes": attrs, "prompt_denoising": pd_rows,
                "corruptions": [{"name": c, "severity": s, "miou": m} for c, s, m in corr]}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

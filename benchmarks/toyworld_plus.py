@@ -1,10 +1,11 @@
-"""MaskCLIP+ on the toy world: does the trained network beat the MaskCLIP that taught it?
+"""MaskCLIP+ on the toy world: does the trained network beat the MaskCLIP that taught it, and does the
+paper's zero-shot ordering (Table 3: seen-only << guided < guided + self-training on unseen classes) appear?
 
-    python benchmarks/toyworld_plus.py                  # full run (~75 min on 2 CPU cores)
-    python benchmarks/toyworld_plus.py --only annotation-free          # the teacher-vs-student claim (~27 min)
-    python benchmarks/toyworld_plus.py --student-size 64               # networks at 64 px (~30 min)
-    python benchmarks/toyworld_plus.py --quick          # smaller run
-    python benchmarks/toyworld_plus.py --json out/toyworld_plus.json
+    python benchmarks/toyworld_plus.py                          # everything (~100 min on 2 CPU cores)
+    python benchmarks/toyworld_plus.py --only annotation-free   # the teacher-vs-student claim (~20 min)
+    python benchmarks/toyworld_plus.py --only zero-shot         # the zero-shot table, both backbones
+    python benchmarks/toyworld_plus.py --backbones pretrained   # the zero-shot table, pretrained only
+    python benchmarks/toyworld_plus.py --quick                  # smaller run
 
 Everything goes through the library the commands call: the training images (the world's train split)
 are written to disk, `train_maskclip_plus` (what `maskclip train` runs) trains the networks, and
@@ -13,16 +14,20 @@ held-out scenes of the test split with a ConfusionMatrix. Rows:
 
   (a) MaskCLIP teacher: the bundled toy CLIP (toy-rn) with its best variant among the paper's and the
       authors' settings (manifest's best_paper_variant, else BEST_VARIANT; `--variant` for another);
-  (b) MaskCLIP+ annotation-free: light-r18 (narrow, RANDOMLY initialised: no ImageNet weights offline;
-      the toy world is simple enough) trained from (a)'s labels of each crop, no ground truth;
+  (b) MaskCLIP+ annotation-free: light-r18 trained from (a)'s labels of each crop, no ground truth;
   (c) transductive zero-shot with unseen classes (default: the last three, as the paper's VOC split takes
-      the last five): ground truth for the seen classes and
-      (a)'s labels, restricted to the unseen classes, on the unseen pixels (then self-training after 1/10,
-      the paper's schedule), against the same network trained on the seen classes alone (unseen pixels
-      ignored).
+      the last five), each with a RANDOMLY initialised backbone and with the backbone pretrained on
+      image-level labels read from captions (`python -m maskclip.toyworld.pretrain`, the toy world's
+      ImageNet: no pixel labels, no teacher; built into OUT/toy-backbone.pt when missing):
+        seen-only ("adapted DeepLab"): the seen-class ground truth alone;
+        guided: + (a)'s labels restricted to the unseen classes on the unseen pixels, all schedule long;
+        guided + self-training: guided for the first 1/10 of the schedule, then the network labels its own
+        crops (the paper's schedule, the authors' switch iteration and training-pass labels).
+      At the switch the guided network's choice among the unseen classes is scored on the held-out unseen
+      pixels ("restricted accuracy"), next to the teacher's: self-training can only keep what is there.
 
-Claims checked (exit status 1 if one fails): mIoU (b) > (a); mIoU(U) of zero-shot > seen-only.
-`--only annotation-free` runs (b) alone, e.g. against another `--variant` of the teacher.
+Claims checked (exit status 1 if one fails): mIoU (b) > (a); on unseen classes, with the pretrained
+backbone, seen-only < guided < guided + self-training; MaskCLIP+ zero-shot mIoU(U) >= its teacher's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +96,12 @@ def evaluate(predictor, scenes, classes: list[str], unseen: list[int]) -> dict:
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
+# the zero-shot trainings and their labels in the table; each with a random and a pretrained backbone
+ZERO_SHOT = {"seen-only": "seen-only (adapted DeepLab)", "guided": "guided", "guided+self": "guided + self-training"}
+BACKBONES = ("random", "pretrained")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller run: fewer images, iterations and test scenes")
     p.add_argument("--model", default="toy-rn", help="the teacher CLIP: bundled name or path (default toy-rn)")
@@ -98,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                                                      "and the authors' variants recorded for a bundled checkpoint, "
                                                      "else the toy-world module's BEST_VARIANT)")
     p.add_argument("--unseen", default=DEFAULT_UNSEEN, help=f"unseen classes (default {DEFAULT_UNSEEN})")
-    p.add_argument("--only", default=None, help="comma-separated subset of the trainings to run: annotation-free, "
-                                                "zero-shot, seen-only (default: all; the claims need all)")
+    p.add_argument("--only", default=None, help="annotation-free, zero-shot, or a comma-separated subset of "
+                                                f"annotation-free,{','.join(ZERO_SHOT)} (default: all)")
+    p.add_argument("--backbones", default=",".join(BACKBONES),
+                   help="zero-shot student initialisations: random, pretrained or both (default both)")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="the caption-pretrained backbone (default: OUT/toy-backbone.pt, built when missing)")
     p.add_argument("--train-images", type=int, default=None, help="training scenes (default 2000; quick 600)")
     p.add_argument("--scenes", type=int, default=None, help="held-out test scenes (default 300; quick 100)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per network (default 1500; quick 300)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per network (default 1000; quick 200)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--student-size", type=int, default=None,
                    help="side the networks see the 64 px scenes at, in training (crop and resize scale) and in "
@@ -116,11 +131,151 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here (default OUT/results.json)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per training (default 1)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def selected_runs(args: argparse.Namespace) -> list[str]:
+    """Run names: "annotation-free" and "<zero-shot training>@<backbone>"."""
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if set(backbones) - set(BACKBONES):
+        raise SystemExit(f"--backbones {args.backbones!r}: choose from {', '.join(BACKBONES)}")
+    every = ["annotation-free"] + [f"{z}@{b}" for b in backbones for z in ZERO_SHOT]
+    if not args.only:
+        return every
+    keep = [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = set(keep) - {"annotation-free", "zero-shot", *ZERO_SHOT}
+    if unknown:
+        raise SystemExit(f"--only {args.only!r}: unknown {sorted(unknown)}")
+    return [r for r in every if r.split("@")[0] in keep or ("zero-shot" in keep and "@" in r)]
+
+
+def ensure_backbone(args: argparse.Namespace, student: int) -> Path:
+    """The caption-pretrained backbone (the toy world's ImageNet), built once into OUT when missing."""
+    from maskclip.toyworld.pretrain import PretrainConfig, pretrain, save_backbone
+
+    path = args.pretrained or args.out / "toy-backbone.pt"
+    if not path.is_file():
+        config = PretrainConfig(width=args.width, size=student, steps=400 if args.quick else PretrainConfig.steps)
+        print(f"[toyworld+] pretraining the backbone on caption words into {path}", file=sys.stderr)
+        state, report = pretrain(config)
+        save_backbone(path, state, report)
+    return path
+
+
+def build_jobs(args: argparse.Namespace, names: list[str], base: Any, data: Path,
+               backbone: Path | None) -> dict:
+    """The library call of every selected run."""
+    zero_shot = replace(base, data=replace(base.data, labels=data / "labels"),
+                        unseen=tuple(u.strip() for u in args.unseen.split(",") if u.strip()),
+                        train=replace(base.train, mode="zero-shot", suppress_unseen=True))
+    switch = zero_shot.train.self_train_start()
+    jobs = {}
+    for name in names:
+        if name == "annotation-free":
+            jobs[name] = base
+            continue
+        kind, init = name.split("@")
+        job = replace(zero_shot, target=replace(zero_shot.target, pretrained=str(backbone) if init == "pretrained"
+                                                else None))
+        if kind == "seen-only":
+            job = replace(job, use_teacher=False)
+        elif kind == "guided":
+            job = replace(job, train=replace(job.train, self_train_after=None, snapshots=(switch,) if switch else ()))
+        jobs[name] = job
+    return jobs
+
+
+def train_all(jobs: dict, out: Path, teacher_sha: str) -> dict[str, float] | None:
+    """Train (or continue) every run; seconds per run, or None if one stopped early."""
+    from maskclip.plus.api import train_maskclip_plus
+
+    seconds = {}
+    for name, job in jobs.items():
+        run_dir = out / name
+        stamp = {"job": repr(job), "teacher_sha256": teacher_sha}
+        old = json.loads((run_dir / "bench.json").read_text()) if (run_dir / "bench.json").is_file() else {}
+        resume = {k: old.get(k) for k in stamp} == stamp  # the same run ("seconds" is added when it finishes)
+        if resume and (run_dir / "model.pt").is_file():
+            seconds[name] = old.get("seconds", float("nan"))
+            continue
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # other options or another teacher checkpoint: start again
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "bench.json").write_text(json.dumps(stamp))
+        print(f"[toyworld+] training {name} into {run_dir}", file=sys.stderr)
+        t0 = time.perf_counter()
+        # the same run, interrupted earlier: continue it (exactly)
+        res = train_maskclip_plus(replace(job, train=replace(job.train, out_dir=str(run_dir), resume=resume)),
+                                  device="cpu", progress=False)
+        if res["status"] != "completed":
+            print(f"[toyworld+] training {name} stopped at iteration {res['iteration']}", file=sys.stderr)
+            return None
+        seconds[name] = time.perf_counter() - t0
+        (run_dir / "bench.json").write_text(json.dumps({**stamp, "seconds": seconds[name]}))
+    return seconds
+
+
+def restricted_accuracy(predictor, scenes, classes: list[str], unseen: list[int]) -> float:
+    """Of the held-out pixels of unseen classes, the share whose label among the unseen classes only is right
+    (what zero-shot pseudo labels ask of a network: the candidates are the unseen classes)."""
+    names = [classes[u] for u in unseen]
+    right = total = 0
+    for s in scenes:
+        mask = np.isin(s.labels, unseen)
+        if not mask.any():
+            continue
+        predictor.set_image(s.image)
+        pred = np.asarray(unseen)[predictor.predict(names, return_probs=False).labels]
+        right += int((pred[mask] == s.labels[mask]).sum())
+        total += int(mask.sum())
+    return right / max(total, 1)
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:5.1f}" if np.isfinite(v) else "  nan"
+
+
+def format_tables(results: dict, classes: list[str], unseen: list[int], seconds: dict,
+                  switch_acc: dict) -> str:
+    """The main table (mIoU, S, U, hIoU, per unseen class, train time) and the per-class IoU rows."""
+    uh = " ".join(f"{classes[u][:7]:>7}" for u in unseen)
+    header = f"{'model':<44} {'mIoU':>6} {'mIoU(S)':>8} {'mIoU(U)':>8} {'hIoU':>6} {uh} {'acc@sw':>7} {'train s':>8}"
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        key = name.removeprefix("MaskCLIP+ ")
+        ts = f"{seconds[key]:8.0f}" if key in seconds else f"{'-':>8}"
+        sw = pct(switch_acc[key]) if key in switch_acc else "    -"
+        per = " ".join(f"{pct(r['IoU'][u]):>7}" for u in unseen)
+        lines.append(f"{name:<44} {pct(r['mIoU']):>6} {pct(r['mIoU_seen']):>8} {pct(r['mIoU_unseen']):>8} "
+                     f"{pct(r['hIoU']):>6} {per} {sw:>7} {ts}")
+    lines.append("per-class IoU: " + ", ".join(classes))
+    for name, r in results.items():
+        lines.append(f"  {name:<42} " + " ".join(pct(v) for v in r["IoU"]))
+    return "\n".join(lines)
+
+
+def check_claims(results: dict) -> dict[str, bool]:
+    """The claims whose runs were made (--only)."""
+    a = results["MaskCLIP teacher"]
+    claims = {}
+    if "MaskCLIP+ annotation-free" in results:
+        claims["annotation-free MaskCLIP+ beats its MaskCLIP teacher (mIoU)"] = \
+            results["MaskCLIP+ annotation-free"]["mIoU"] > a["mIoU"]
+    u = {k: results.get(f"MaskCLIP+ {k}@pretrained", {}).get("mIoU_unseen") for k in ZERO_SHOT}
+    if all(v is not None for v in u.values()):
+        claims["pretrained backbone, unseen classes: seen-only < guided < guided + self-training"] = \
+            u["seen-only"] < u["guided"] < u["guided+self"]
+        claims["MaskCLIP+ zero-shot (pretrained, guided + self-training) mIoU(U) >= its teacher's"] = \
+            u["guided+self"] >= a["mIoU_unseen"]
+    return claims
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from maskclip.clip.weights import load_weights
-    from maskclip.plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec, train_maskclip_plus
+    from maskclip.plus.api import PlusData, PlusJob, TargetSpec, TeacherSpec
     from maskclip.plus.config import PlusTrainConfig
     from maskclip.predict import load_predictor
     from maskclip.toyworld import CLASSES
@@ -129,30 +284,29 @@ def main(argv: list[str] | None = None) -> int:
 
     n_train = args.train_images or (600 if args.quick else 2000)
     n_test = args.scenes or (100 if args.quick else 300)
-    iters = args.iterations or (300 if args.quick else 1500)
+    iters = args.iterations or (200 if args.quick else 1000)
     variant = args.variant or bundled_best_variant(args.model) or BEST_VARIANT
     if variant not in VARIANTS:
         raise SystemExit(f"--variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     classes = list(CLASSES)
     unseen_names = [u.strip() for u in args.unseen.split(",") if u.strip()]
     unseen = [classes.index(u) for u in unseen_names]
+    names = selected_runs(args)
     t_start = time.perf_counter()
 
     clip, clip_info = load_weights(args.model)
-    size = WORLD_SIZE  # the scenes; the teacher resizes them (and the crops) to its own input size
     config = toy_config(clip, **VARIANTS[variant])
     student = args.student_size or clip.visual.input_resolution
     # the networks are trained on crops of the scenes resized to `student` and tested at that size
-    student_config = replace(config, resize="fit" if student != size else "none", size=(student, student),
+    student_config = replace(config, resize="fit" if student != WORLD_SIZE else "none", size=(student, student),
                              scales=None, output_stride=None)
     out = args.out
-    data = write_world(out / "data", n_train, size, args.seed)
+    data = write_world(out / "data", n_train, WORLD_SIZE, args.seed)
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
-    (out / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     print(f"[toyworld+] teacher {args.model} ({variant}), {n_train} train scenes and {n_test} test scenes at "
-          f"{size}px (networks see them at {student}px), {iters} iterations x batch {args.batch_size}, unseen "
-          f"{unseen_names}", file=sys.stderr)
-
+          f"{WORLD_SIZE}px (networks see them at {student}px), {iters} iterations x batch {args.batch_size}, unseen "
+          f"{unseen_names}; runs: {', '.join(names)}", file=sys.stderr)
+    backbone = ensure_backbone(args, student) if any(n.endswith("@pretrained") for n in names) else None
     base = PlusJob(
         PlusData(classes=str(out / "classes.txt"), images=data / "images"),
         TeacherSpec(args.model, config, list(TEMPLATES)),
@@ -160,97 +314,47 @@ def main(argv: list[str] | None = None) -> int:
         PlusTrainConfig(iterations=iters, batch_size=args.batch_size, crop_size=(student, student),
                         scale=(student, student), lr=args.lr, checkpoint_every=max(iters // 4, 1),
                         log_every=max(iters // 10, 1), num_workers=args.workers))
-    zero_shot = replace(base, data=replace(base.data, labels=data / "labels"), unseen=tuple(unseen_names),
-                        train=replace(base.train, mode="zero-shot", suppress_unseen=True))
-    runs = {"annotation-free": base, "zero-shot": zero_shot, "seen-only": replace(zero_shot, use_teacher=False)}
-    if args.only:
-        keep = [r.strip() for r in args.only.split(",") if r.strip()]
-        unknown = set(keep) - set(runs)
-        if unknown:
-            raise SystemExit(f"--only {args.only!r}: unknown {sorted(unknown)}; choose from {', '.join(runs)}")
-        runs = {k: v for k, v in runs.items() if k in keep}
-    commands, train_seconds = {}, {}
-    for name, job in runs.items():
-        run_dir = out / name
-        commands[name] = repr(job)  # the library call, in full
-        stamp = {"job": commands[name], "teacher_sha256": clip_info.sha256}
-        resume = (run_dir / "bench.json").is_file() and json.loads((run_dir / "bench.json").read_text()) == stamp
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # other options or another teacher checkpoint: start again
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "bench.json").write_text(json.dumps(stamp))
-        print(f"[toyworld+] training {name} into {run_dir}", file=sys.stderr)
-        t0 = time.perf_counter()
-        # the same run, interrupted or finished earlier: continue it (exactly)
-        res = train_maskclip_plus(replace(job, train=replace(job.train, out_dir=str(run_dir), resume=resume)),
-                                  device="cpu", progress=False)
-        train_seconds[name] = time.perf_counter() - t0
-        if res["status"] != "completed":
-            print(f"[toyworld+] training {name} stopped at iteration {res['iteration']}", file=sys.stderr)
-            return 2
+    jobs = build_jobs(args, names, base, data, backbone)
+    seconds = train_all(jobs, out, clip_info.sha256)
+    if seconds is None:
+        return 2
     torch.set_num_threads(args.threads)
 
     scenes = heldout_scenes(n_test, seed=args.seed)
-    results = {}
     teacher = load_predictor(args.model, "cpu", list(TEMPLATES), config)
-    results["MaskCLIP teacher"] = evaluate(teacher, scenes, classes, unseen)
-    for name in runs:
+    results = {"MaskCLIP teacher": evaluate(teacher, scenes, classes, unseen)}
+    switch_acc = {"MaskCLIP teacher": restricted_accuracy(teacher, scenes, classes, unseen)}
+    switch = replace(base.train, mode="zero-shot", unseen_ids=unseen).self_train_start()
+    for name in names:
         pred = load_predictor(str(out / name / "model.pt"), "cpu", list(TEMPLATES), student_config)
         results[f"MaskCLIP+ {name}"] = evaluate(pred, scenes, classes, unseen)
-
-    def pct(v: float) -> str:
-        return f"{100 * v:5.1f}" if np.isfinite(v) else "  nan"
-
-    header = f"{'model':<30} {'mIoU':>6} {'mIoU(S)':>8} {'mIoU(U)':>8} {'hIoU':>6} {'train s':>8}"
-    lines = [header, "-" * len(header)]
-    for name, r in results.items():
-        key = name.removeprefix("MaskCLIP+ ")
-        ts = f"{train_seconds[key]:8.0f}" if key in train_seconds else f"{'-':>8}"
-        lines.append(f"{name:<30} {pct(r['mIoU']):>6} {pct(r['mIoU_seen']):>8} {pct(r['mIoU_unseen']):>8} "
-                     f"{pct(r['hIoU']):>6} {ts}")
-    a, b = results["MaskCLIP teacher"], results.get("MaskCLIP+ annotation-free")
-    z, s = results.get("MaskCLIP+ zero-shot"), results.get("MaskCLIP+ seen-only")
-    claims = {}  # only those whose runs were made (--only)
-    if b:
-        claims["annotation-free MaskCLIP+ beats its MaskCLIP teacher (mIoU)"] = b["mIoU"] > a["mIoU"]
-    if z and s:
-        claims["zero-shot MaskCLIP+ beats the seen-only network on unseen classes (mIoU(U))"] = \
-            z["mIoU_unseen"] > s["mIoU_unseen"]
-    table = "\n".join(lines)
+        snap = out / name / f"model-iter{switch}.pt"
+        if name.startswith("guided@") and snap.is_file():  # guided+self is the same run up to the switch
+            at_switch = load_predictor(str(snap), "cpu", list(TEMPLATES), student_config)
+            switch_acc[name] = switch_acc[name.replace("guided@", "guided+self@")] = \
+                restricted_accuracy(at_switch, scenes, classes, unseen)
+    table = format_tables(results, classes, unseen, seconds, switch_acc)
+    claims = check_claims(results)
     print(table)
-    print("per-class IoU: " + ", ".join(f"{c}" for c in classes))
-    for name, r in results.items():
-        print(f"  {name:<28} " + " ".join(pct(v) for v in r["IoU"]))
+    print(f"acc@sw: restricted accuracy on the held-out unseen pixels after the {switch} guided iterations before "
+          "the switch (teacher: its own)")
     for claim, ok in claims.items():
         print(f"{'PASS' if ok else 'FAIL'}: {claim}")
-    # the networks' frozen classifier is the teacher's text embeddings: classes whose embeddings are
-    # nearly collinear can hardly be told apart by either (a diagnostic for a weak toy CLIP)
-    from maskclip.plus.models import load_target_model
-
-    w = load_target_model(out / next(iter(runs)) / "model.pt").classifier.weight
-    cos = (w @ w.T).numpy()
-    close = sorted(((float(cos[i, j]), classes[i], classes[j]) for i in range(len(classes))
-                    for j in range(i + 1, len(classes)) if cos[i, j] > 0.95), reverse=True)
-    if close:
-        print("nearly collinear class text embeddings (cosine > 0.95): " +
-              ", ".join(f"{a}/{b} {c:.3f}" for c, a, b in close))
     total = time.perf_counter() - t_start
     print(f"total {total:.0f} s ({args.threads} threads)")
-
     report = {
         "teacher": {"model": args.model, "sha256": clip_info.sha256, "variant": variant,
                     "settings": asdict(config)},
-        "world": {"seed": args.seed, "size": size, "student_size": student, "train_scenes": n_train,
-                  "test_scenes": n_test,
-                  "test_split": "test"},
+        "world": {"seed": args.seed, "size": WORLD_SIZE, "student_size": student, "train_scenes": n_train,
+                  "test_scenes": n_test, "test_split": "test"},
         "classes": classes, "unseen": unseen_names,
         "training": {"iterations": iters, "batch_size": args.batch_size, "target": "light-r18",
-                     "width": args.width, "pretrained": "none (random init)", "lr": args.lr,
-                     "seconds": train_seconds},
-        "commands": commands,
+                     "width": args.width, "pretrained_backbone": str(backbone) if backbone else None,
+                     "lr": args.lr, "seconds": seconds, "switch_iteration": switch},
+        "commands": {k: repr(v) for k, v in jobs.items()},
         "results": {k: {m: v[m] for m in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "IoU", "seconds")}
                     for k, v in results.items()},
-        "collinear_text_embeddings": [[a, b, c] for c, a, b in close],
+        "restricted_accuracy_at_switch": switch_acc,
         "claims": claims, "table": table, "total_seconds": total, "threads": args.threads,
     }
     path = args.json or out / "results.json"

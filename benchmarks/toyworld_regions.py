@@ -2,7 +2,7 @@
 its masks, the ensemble of eq. (1), against MaskCLIP and MaskCLIP+ zero-shot on the same held-out scenes.
 
     python benchmarks/toyworld_regions.py                          # ~25 min on 2 CPU cores (training ~15)
-    python benchmarks/toyworld_regions.py --plus runs/toyworld_plus/zero-shot/model.pt   # + MaskCLIP+ row
+    python benchmarks/toyworld_regions.py --plus "runs/toyworld_plus/guided+self@pretrained/model.pt"  # + MaskCLIP+
     python benchmarks/toyworld_regions.py --quick                  # smaller run
 
 Everything goes through the library the commands call: the world's train split is written as PNG folders,

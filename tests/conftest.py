@@ -59,6 +59,15 @@ def single_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def one_thread():
+    """The same, per test (for modules that use it with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_vit() -> CLIP:
     torch.manual_seed(0)

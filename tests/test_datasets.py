@@ -101,6 +101,18 @@ def test_voc_aug_reads_segmentation_class_aug(voc_root):
     np.testing.assert_array_equal(ds[1].label, np.where(raw["2007_000002"] == 255, 0, raw["2007_000002"]))
 
 
+def test_voc_trainaug_split_implies_the_aug_labels(voc_root):
+    root, raw = voc_root
+    seg = root / "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    (seg / "trainaug.txt").write_text((seg / "val.txt").read_text())
+    try:
+        ds = open_dataset("voc21", root, split="trainaug")
+        np.testing.assert_array_equal(ds[1].label, open_dataset("voc21", root, aug=True)[1].label)
+        assert ds.refs[1].label_path.parent.name == "SegmentationClassAug"
+    finally:
+        (seg / "trainaug.txt").unlink()
+
+
 def test_voc_missing_split_and_missing_file(voc_root):
     root, _ = voc_root
     with pytest.raises(DatasetError, match=r"ImageSets/Segmentation/train.txt not found"):
@@ -485,3 +497,34 @@ def test_real_coco_object_labels_have_the_right_categories():
     s = ds[ds.names.index("000000000139")]
     assert s.image.shape == (426, 640, 3)
     assert ds.class_names[1] == "person" and (s.label == 1).sum() > 1000
+
+
+def test_folder_dataset_takes_sub_folders_suffix_and_a_label_map(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "img" / "a.jpg")
+    Image.fromarray(np.array([[10, 20, 0, 7, 10]] * 4, np.uint8)).save(tmp_path / "gt" / "a_gt.png")
+    ds = open_dataset("folder", tmp_path, classes="sky,grass", images="img", labels="gt", label_suffix="_gt",
+                      label_map={10: 0, 20: 1})
+    np.testing.assert_array_equal(ds[0].label[0], [0, 1, 255, 255, 0])  # unlisted values are ignored
+
+
+def test_eval_on_a_folder_dataset_from_the_command_line(tmp_path):
+    from maskclip.cli import main
+    from maskclip.toyworld import World
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    w = World(0)
+    for i in range(2):
+        s = w.scene(i, "test")
+        Image.fromarray(s.image).save(tmp_path / "img" / f"s{i}.png")
+        Image.fromarray((s.labels + 1).astype(np.uint8)).save(tmp_path / "gt" / f"s{i}.png")  # stored 1-based
+    mapping = ",".join(f"{k + 1}:{k}" for k in range(10))
+    out = tmp_path / "ev"
+    assert main(["eval", "--dataset", "folder", "--root", str(tmp_path), "--image-dir", "img", "--label-dir", "gt",
+                 "--label-map", mapping, "--classes", "sky,wall,grass,sand,water,zebra,leopard,turtle,balloon,fish",
+                 "--model", "toy-rn", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 2 and report["metrics"]["mIoU"] > 0.3  # the toy CLIP segments its world
+    assert (out / "per_class_iou.png").is_file()

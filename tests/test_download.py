@@ -61,9 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
         if st.drop_after is not None:  # send part of the body, then drop the connection (once)
             body, st.drop_after = body[: st.drop_after], None
             self.close_connection = True
+        log["sent"] = len(body)  # before writing: the client may have read it all before this thread resumes
         self.wfile.write(body)
         self.wfile.flush()
-        log["sent"] = len(body)
 
 
 class _State:

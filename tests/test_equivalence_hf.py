@@ -140,6 +140,31 @@ def test_hf_weights_convert_back_to_ours():
     assert img_diff < ATOL and txt_diff < ATOL
 
 
+def test_a_hugging_face_folder_loads_as_weights(tmp_path):
+    """`--weights FOLDER` / load_weights(FOLDER): what CLIPModel.save_pretrained writes (config.json +
+    model.safetensors), read without running code, gives HF's own embeddings; its config sets the activation."""
+    from maskclip.clip.weights import load_weights
+
+    cfg = CONFIGS["p8"]
+    hf_cfg = transformers.CLIPConfig(**hf_config_dict(cfg), attn_implementation="eager")
+    torch.manual_seed(6)
+    hf = randomize_(transformers.CLIPModel(hf_cfg).eval(), seed=8)
+    hf.save_pretrained(tmp_path / "clip-hf")
+    assert (tmp_path / "clip-hf" / "model.safetensors").is_file()
+    ours, info = load_weights(tmp_path / "clip-hf")
+    assert info.source == "huggingface" and info.path.endswith("model.safetensors") and len(info.sha256) == 64
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    tokens = tokenize(PROMPTS[:2])
+    with torch.no_grad():
+        assert (ours.encode_image(x) - hf.get_image_features(pixel_values=x).pooler_output).abs().max() < ATOL
+        assert (ours.encode_text(tokens) - hf.get_text_features(input_ids=tokens).pooler_output).abs().max() < ATOL
+    single, _ = load_weights(tmp_path / "clip-hf" / "model.safetensors")  # the file alone: HF names converted
+    assert all(torch.equal(a, b) for a, b in zip(single.state_dict().values(), ours.state_dict().values()))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="without model.safetensors"):
+        load_weights(tmp_path / "empty")
+
+
 def test_conversion_round_trip_is_exact():
     model = randomize_(CLIP(CONFIGS["p16"]), seed=3)
     sd = model.state_dict()

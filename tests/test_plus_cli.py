@@ -113,7 +113,8 @@ def test_existing_checkpoint_needs_resume_and_resume_continues(world, trained, t
 
 
 def test_sigterm_then_resume_reproduces_the_uninterrupted_run(world, tmp_path, monkeypatch):
-    common = ("--iterations", "4", "--checkpoint-every", "100", "--self-train-after", "0.5")
+    common = ("--iterations", "4", "--checkpoint-every", "100", "--self-train-after", "0.5", "--self-train-switch",
+              "exact")
     assert main(train_args(world, tmp_path / "straight", *common)) == 0
     calls = {"n": 0}
     original = MaskCLIPTeacher.__call__
@@ -250,3 +251,83 @@ def test_teacher_batches_whole_crops_exactly_like_the_engine(world):
         want = engine.logits(normalize(crops255, engine.config.normalize), clf)
         assert got.shape == (3, len(CLASSES), SIZE, SIZE)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- recipes
+
+MODEL_ZOO = [  # the authors' released MaskCLIP+ configs (model-zoo page), each a recipe
+    "maskclip_plus_r50_deeplabv2_r101-d8_512x512_2k_voc12aug_20",
+    "maskclip_plus_r50x16_deeplabv2_r101-d8_512x512_2k_voc12aug_20",
+    "maskclip_plus_r50_deeplabv2_r101-d8_480x480_4k_pascal_context_59",
+    "maskclip_plus_r50x16_deeplabv2_r101-d8_480x480_4k_pascal_context_59",
+    "maskclip_plus_vit16_deeplabv2_r101-d8_480x480_4k_pascal_context_59",
+    "maskclip_plus_r50_deeplabv2_r101-d8_512x512_8k_coco-stuff164k",
+    "maskclip_plus_r50x16_deeplabv2_r101-d8_512x512_8k_coco-stuff164k",
+    "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_8k_coco-stuff164k",
+    "maskclip_plus_r50_deeplabv2_r101-d8_512x512_20k_voc12aug_20",
+    "maskclip_plus_r50_deeplabv3plus_r101-d8_480x480_40k_pascal_context",
+    "maskclip_plus_r50_deeplabv2_r101-d8_512x512_80k_coco-stuff164k",
+]
+
+
+def printed(capsys, *argv):
+    capsys.readouterr()
+    assert main(["train", *argv, "--print"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_recipe_lists_every_model_zoo_row(capsys):
+    from maskclip.plus.recipes import RECIPES, get_recipe
+
+    capsys.readouterr()
+    assert main(["train", "--recipe"]) == 0
+    table = capsys.readouterr().out
+    for config in MODEL_ZOO:
+        r = get_recipe(config)  # by the authors' config name
+        assert r.name in table and r.config.endswith(config + ".py") and r.published in table
+    assert len(RECIPES) == len(MODEL_ZOO) + 1  # + the released VOC ViT-B/16 config, not in the table
+
+
+def test_recipe_print_resolves_the_authors_settings_and_options_override(capsys):
+    d = printed(capsys, "--recipe", "zs-context60-rn50", "--root", "data/VOCdevkit")
+    t = d["train"]
+    assert d["recipe"]["config"].endswith("_480x480_40k_pascal_context.py")
+    assert (t["iterations"], t["lr"], t["weight_decay"], t["crop_size"], t["scale"]) == (40000, 0.004, 1e-4,
+                                                                                          [480, 480], [520, 520])
+    assert (t["mode"], t["loss_norm"], t["switch"], t["self_train_source"], t["teacher_classes"]) == (
+        "zero-shot", "all", "authors", "shared", "unseen")
+    assert t["self_train_after"] == 0.1 and t["suppress_unseen"] and t["batch_size"] == 16
+    assert d["target"]["name"] == "deeplabv3plus-r101" and d["target"]["learned_background"] == "background"
+    assert d["teacher"]["clip"] == "RN50" and d["data"]["dataset"] == "context60"
+    tc = d["teacher"]["config"]
+    assert (tc["normalize"], tc["resize"], tc["ks"], tc["pd"], tc["readout"]) == ("imagenet", "none", False, False,
+                                                                                   "authors")
+    assert len(d["unseen"]) == 10 and "cow" in d["unseen"] and "background" not in d["unseen"]
+    over = printed(capsys, "--recipe", "zs-context60-rn50", "--root", "x", "--lr", "0.02", "--loss-norm", "labelled")
+    assert over["train"]["lr"] == 0.02 and over["train"]["loss_norm"] == "labelled"
+    assert over["train"]["weight_decay"] == 1e-4  # the rest stays the recipe's
+    vit = printed(capsys, "--recipe", "af-context59-vit16", "--root", "x")
+    assert vit["target"]["name"] == "deeplabv2-r50" and vit["teacher"]["clip"] == "ViT-B/16"
+    assert vit["train"]["gt_ignore_mask"] and vit["train"]["self_train_after"] is None
+    plain = printed(capsys, "--images", "x", "--classes", "a,b")
+    assert plain["train"]["loss_norm"] == "labelled" and plain["target"]["name"] == "deeplabv2-r101"
+
+
+def test_unknown_recipe_is_one_line(capsys):
+    fails(capsys, ["train", "--recipe", "voc-best", "--print"], "unknown recipe 'voc-best'")
+
+
+def test_a_checkpoint_and_its_report_record_the_recipe(world, tmp_path):
+    out = tmp_path / "r"
+    args = train_args(world, out, "--recipe", "af-voc20-rn50", "--labels", str(world / "labels"), "--iterations",
+                      "2", "--batch-size", "2")
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"] == "af-voc20-rn50" and run["train_config"]["loss_norm"] == "all"
+    assert run["train_config"]["gt_ignore_mask"] and run["target"] == "light-r18"  # the command line wins
+    assert load_target_model(out / "model.pt").meta["recipe"] == "af-voc20-rn50"
+    seg = tmp_path / "seg"
+    assert main(["segment", str(world / "images" / "s0.png"), "--model", str(out / "model.pt"), "--classes",
+                 "sky,grass", "--out", str(seg), "--quiet"]) == 0
+    assert json.loads((seg / "labels" / "s0.json").read_text())["recipe"] == "af-voc20-rn50"

@@ -47,7 +47,7 @@ def teacher(x):
 
 def config(out_dir):
     return PlusTrainConfig(iterations=4, batch_size=4, crop_size=(32, 32), scale=(64, 32), num_workers=0,
-                       self_train_after=0.5, freeze_bn=True, out_dir=str(out_dir), log_every=1,
+                       self_train_after=0.5, switch="exact", freeze_bn=True, out_dir=str(out_dir), log_every=1,
                        checkpoint_every=100, progress=False)
 
 

@@ -14,13 +14,7 @@ from maskclip.plus.backbones import (
 from maskclip.plus.heads import ASPPv2Head, DeepLabV3PlusHead
 from maskclip.plus.models import SegmentationModel, TextHead, build_target_model, load_target_model, save_target_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name, k=5, d=16, **kw):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,12 +31,7 @@ from maskclip.plus.state import load_checkpoint
 K = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed=0):
@@ -232,13 +228,20 @@ def test_classifier_stays_frozen_while_the_network_trains(tmp_path):
     assert recs[0]["labelled_fraction"] > 0.5 and sum(recs[0]["class_hist"]) > 0 and len(recs[0]["class_hist"]) == K
 
 
-def test_switch_to_self_training_at_the_configured_iteration(tmp_path):
+@pytest.mark.parametrize("switch,guided", [("exact", 2), ("authors", 1)])
+def test_switch_to_self_training_at_the_configured_iteration(tmp_path, switch, guided):
     teacher = LinearTeacher()
-    res = train(cfg(tmp_path, iterations=5, self_train_after=0.4), tiny_model(), tiny_data(), teacher)
-    assert teacher.calls == 2 and res["teacher_calls"] == 2
+    res = train(cfg(tmp_path, iterations=5, self_train_after=0.4, switch=switch), tiny_model(), tiny_data(), teacher)
+    assert teacher.calls == guided and res["teacher_calls"] == guided
     sources = [json.loads(line)["source"] for line in open(res["log_path"])]
-    assert sources == ["teacher", "teacher", "self", "self", "self"]
-    assert PlusTrainConfig(mode="zero-shot", iterations=20000, unseen_ids=[1]).self_train_start() == 2000
+    assert sources == ["teacher"] * guided + ["self"] * (5 - guided)
+
+
+def test_switch_iteration_of_the_paper_and_of_the_authors_counter():
+    # the authors' 1-based counter reaches start_self_train=2000 after 1999 guided steps of 20k
+    zs = PlusTrainConfig(mode="zero-shot", iterations=20000, unseen_ids=[1])
+    assert zs.self_train_start() == 1999 and zs.switch == "authors"
+    assert replace(zs, switch="exact").self_train_start() == 2000
     assert PlusTrainConfig(mode="annotation-free").self_train_start() is None
 
 

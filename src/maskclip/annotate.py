@@ -12,6 +12,7 @@ goes on and the failures are listed at the end.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -26,9 +27,9 @@ from tqdm import tqdm
 
 from .data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image, write_png_atomic
 from .dense.predictor import Prediction
-from .io.atomic import write_json
+from .io.atomic import write_bytes, write_json
 from .io.layout import OutputLayout, output_names
-from .render import heatmap, label_counts, label_palette, overlay_with_legend
+from .render import label_counts, label_palette, labelled_heatmap, overlay_with_legend
 from .tiling import resized_size
 from .vocab import Vocabulary
 
@@ -73,7 +74,8 @@ def decodes(path: Path) -> bool:
         return False
 
 
-def is_finished(layout: OutputLayout, name: str, source: dict, key: str, heatmaps: int = 0) -> bool:
+def is_finished(layout: OutputLayout, name: str, source: dict, key: str, heatmaps: int = 0,
+                probs: bool = False, scores: bool = False) -> bool:
     """An earlier run finished this input with these settings, from this very file."""
     try:
         rec = json.loads(layout.sidecar(name).read_text())
@@ -83,13 +85,36 @@ def is_finished(layout: OutputLayout, name: str, source: dict, key: str, heatmap
         return False
     if heatmaps and len(list(layout.heatmaps(name).glob("*.png"))) < heatmaps:
         return False  # asked for heat maps this time
+    if probs and not layout.probs(name).is_file():
+        return False  # asked for the probabilities this time
+    if scores and "class_scores" not in rec:
+        return False  # asked for per-class scores (an export) this time
     return layout.overlay(name).is_file() and decodes(layout.label(name))
 
 
+def _as_numpy(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def class_scores(pred: Prediction) -> dict[str, float]:
+    """Each class present: its mean probability over the pixels labelled with it (the exports' scores)."""
+    probs, labels = _as_numpy(pred.probs), np.asarray(pred.labels)
+    return {c: round(float(probs[k][labels == k].mean()), 6) for k, c in enumerate(pred.classes[: len(probs)])
+            if (labels == k).any()}
+
+
+def save_probs(path: Path, probs: np.ndarray) -> None:
+    """KxHxW probabilities as a float16 .npy (np.load(path) reads it; no pickle), written atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(probs, dtype=np.float16), allow_pickle=False)
+    write_bytes(path, buf.getvalue())
+
+
 def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Prediction, meta: dict,
-                  heatmaps: bool = False, labels: np.ndarray | None = None) -> dict:
-    """Label PNG, overlay, heat maps, then the sidecar (last: it marks the image done). `pred` is at the
-    size of `image` (the pictures); `labels`, if given, the label map at the file's full size."""
+                  heatmaps: bool = False, labels: np.ndarray | None = None, probs: bool = False,
+                  scores: bool = False) -> dict:
+    """Label PNG, overlay, heat maps, probabilities, then the sidecar (last: it marks the image done). `pred`
+    is at the size of `image` (the pictures); `labels`, if given, the label map at the file's full size."""
     colors = label_palette(pred.classes)
     labels = pred.labels if labels is None else labels
     write_png_atomic(layout.label(name), labels, palette=colors if len(colors) <= 256 else None)
@@ -97,7 +122,10 @@ def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Pred
                                                                ignore_index=None))
     if heatmaps and pred.probs is not None:
         for i, cls in enumerate(pred.classes[: pred.probs.shape[0]]):
-            write_png_atomic(layout.heatmaps(name) / f"{i:03d}_{_safe(cls)}.png", heatmap(image, pred.probs[i]))
+            write_png_atomic(layout.heatmaps(name) / f"{i:03d}_{_safe(cls)}.png",
+                             labelled_heatmap(image, _as_numpy(pred.probs[i]), cls))
+    if probs and pred.probs is not None:
+        save_probs(layout.probs(name), _as_numpy(pred.probs))
     counts = label_counts(labels, len(pred.classes))
     record = {
         **meta,
@@ -105,6 +133,7 @@ def write_outputs(layout: OutputLayout, name: str, image: np.ndarray, pred: Pred
         "classes": pred.classes,
         "palette": colors.tolist(),
         "pixel_fraction": {c: round(float(n) / labels.size, 6) for c, n in zip(pred.classes, counts) if n},
+        **({"class_scores": class_scores(pred)} if scores and pred.probs is not None else {}),
         "label_png": layout.relative(layout.label(name)),
         "overlay_png": layout.relative(layout.overlay(name)),
         **({"regions": pred.regions} if pred.regions is not None else {}),
@@ -126,6 +155,8 @@ class LabelOptions:
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
     reduced_decode_pixels: int = REDUCED_DECODE_PIXELS  # larger JPEGs are decoded at reduced size
     max_masks: int = 1000  # region classification: masks per image at most (`regions.mask_io.read_masks`)
+    save_probs: bool = False  # OUT/probs/NAME.npy, float16 K x H x W (at the decoded image's size)
+    class_scores: bool = False  # the sidecar's "class_scores": each class's mean probability over its pixels
 
 
 def working_size(predictor, size: tuple[int, int]) -> tuple[int, int] | None:
@@ -174,7 +205,7 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
         try:
             mask_path = masks_for(path, name) if masks_for is not None else None
             source = source_id(path) | ({"masks": source_id(mask_path)} if mask_path is not None else {})
-            if opts.resume and is_finished(layout, name, source, key, n_heat):
+            if opts.resume and is_finished(layout, name, source, key, n_heat, opts.save_probs, opts.class_scores):
                 report.skipped.append(str(path))
                 report.done_names.append(name)
                 continue
@@ -186,13 +217,13 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
                 predictor.set_image(image, masks=read_masks(mask_path, image.shape[:2], path.name, opts.max_masks))
             else:
                 predictor.set_image(image)
-            pred = predictor.predict(vocab, return_probs=opts.heatmaps)
+            pred = predictor.predict(vocab, return_probs=opts.heatmaps or opts.save_probs or opts.class_scores)
             labels = full_size(pred.labels, size)
             seconds = time.perf_counter() - t0
             extra = {"decoded_size": list(image.shape[:2])} if labels.shape != image.shape[:2] else {}
             write_outputs(layout, name, image, pred, {**meta, "image": str(path), "source": source, **extra,
                                                       "settings_key": key, "seconds": round(seconds, 4)},
-                          opts.heatmaps, labels)
+                          opts.heatmaps, labels, opts.save_probs, opts.class_scores)
             report.written.append(str(path))
             report.done_names.append(name)
         except (ImageReadError, OSError, ValueError) as err:

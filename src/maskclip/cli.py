@@ -14,8 +14,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-COMMANDS = ["demo", "segment", "label", "classify_masks", "eval", "robustness", "train", "train_proposals", "toyworld",
-            "convert_checkpoint"]
+COMMANDS = ["demo", "segment", "label", "export", "serve", "classify_masks", "eval", "robustness", "train",
+            "train_proposals", "toyworld", "convert_checkpoint"]
 
 
 class Parser(argparse.ArgumentParser):

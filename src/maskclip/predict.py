@@ -60,8 +60,12 @@ def load_predictor(model: str, device: str | torch.device | None = None, templat
 def predictor_identity(predictor: Predictor) -> dict:
     """{"model", "model_sha256", "kind"} for JSON sidecars and reports (the same for every command)."""
     info = predictor.identity()
-    return {"model": info.name, "model_sha256": info.sha256,
-            "kind": "maskclip+" if info.source == "maskclip+" else "maskclip"}
+    out = {"model": info.name, "model_sha256": info.sha256,
+           "kind": "maskclip+" if info.source == "maskclip+" else "maskclip"}
+    recipe = (getattr(predictor, "meta", None) or {}).get("recipe")
+    if recipe:  # a MaskCLIP+ network trained from one of the authors' recipes
+        out["recipe"] = recipe
+    return out
 
 
 __all__ = ["MaskCLIPPredictor", "PlusPredictor", "Prediction", "Predictor", "WeightsInfo", "default_device",

@@ -153,6 +153,13 @@ def clip_state_dict(obj: object, path: str | os.PathLike = "<memory>") -> dict[s
     sd = {k: v for k, v in _unwrap(obj, path).items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise _refuse(path, "no tensors found")
+    if "vision_model.embeddings.class_embedding" in sd:  # Hugging Face CLIPModel names (save_pretrained)
+        from .hf_convert import hf_to_openai
+
+        try:
+            return hf_to_openai(sd)
+        except (KeyError, ValueError) as e:
+            raise _refuse(path, f"Hugging Face CLIP weights that do not convert: {e}") from None
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from ..io.cache import cache_dir as default_cache_dir
 from .convert import load_state_dict
 from .download import ChecksumError, DownloadError, WeightsError, download, file_sha256
-from .model import ARCHITECTURES, CLIP, build_model
+from .model import ARCHITECTURES, CLIP, CLIPConfig, build_model, config_from_state_dict
 
 __all__ = [
     "WeightsError", "DownloadError", "ChecksumError", "available_models", "bundled_models", "model_url",
@@ -151,9 +151,38 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
     path = Path(name).expanduser()
     if path.is_file():
         return ResolvedWeights(path, file_sha256(path), name)
-    if path.exists():
-        raise WeightsError(f"{path}: is a directory, expected a checkpoint file")
+    if path.is_dir():
+        weights = hf_folder_weights(path)
+        return ResolvedWeights(weights, file_sha256(weights), name, "huggingface")
     raise _unknown(name)
+
+
+def hf_folder_weights(folder: Path) -> Path:
+    """The weights file of a Hugging Face CLIP folder (what `CLIPModel.save_pretrained` writes): safetensors
+    preferred, else pytorch_model.bin (read weights-only, as every checkpoint)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise WeightsError(f"{folder}: is a directory without model.safetensors or pytorch_model.bin; give a checkpoint "
+                       "file or a Hugging Face CLIP folder (CLIPModel.save_pretrained)")
+
+
+def hf_folder_config(weights: Path, sd: dict, quick_gelu: bool) -> CLIPConfig | None:
+    """A Hugging Face folder's CLIPConfig: the shapes from the weights, the head counts and the activation
+    from its config.json (a state dict cannot tell heads; `quick_gelu=False` (--gelu) still wins)."""
+    cfg = weights.parent / "config.json"
+    if weights.name not in ("model.safetensors", "pytorch_model.bin") or not cfg.is_file():
+        return None
+    try:
+        hf = json.loads(cfg.read_text())
+        vision, text = hf.get("vision_config", {}), hf.get("text_config", {})
+    except (OSError, ValueError, AttributeError):
+        raise WeightsError(f"{cfg}: not a readable Hugging Face CLIP config.json") from None
+    base = config_from_state_dict({k: v for k, v in sd.items() if k not in ("input_resolution", "context_length",
+                                                                            "vocab_size")})
+    return replace(base, vision_heads=int(vision.get("num_attention_heads", base.heads_visual)),
+                   transformer_heads=int(text.get("num_attention_heads", base.transformer_heads)),
+                   quick_gelu=quick_gelu and vision.get("hidden_act", "quick_gelu") == "quick_gelu")
 
 
 def _default_dtype(device: torch.device, stored: torch.dtype) -> torch.dtype:
@@ -175,8 +204,9 @@ def load_weights(name_or_path: str | os.PathLike, device: str | torch.device = "
     """`load_clip` and the `WeightsInfo` of what was loaded."""
     w = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
     sd = load_state_dict(w.path)
+    config = hf_folder_config(w.path, sd, quick_gelu) if w.source == "huggingface" else None
     try:
-        model = build_model(sd, quick_gelu=quick_gelu)
+        model = build_model(sd, config=config, quick_gelu=config.quick_gelu if config else quick_gelu)
     except (ValueError, KeyError, RuntimeError) as e:
         raise WeightsError(f"{w.path}: not a CLIP checkpoint of a supported architecture: {e}") from None
     info = WeightsInfo(w.name, w.sha256, w.source, str(w.path), w.recommended)

@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             "settings": settings_dict(dense.config), "regions": asdict(cfg),
             "proposals": str(args.proposals or "masks"), "no_object": args.no_object}
     opts = LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
-                        reduced_decode_pixels=2 ** 62, max_masks=args.max_masks)  # masks: the full size
+                        # masks: the full size
+                        reduced_decode_pixels=2 ** 62, max_masks=args.max_masks, save_probs=args.save_probs)
     report = label_files(predictor, job.files, job.layout, job.vocab, meta, opts, names=job.names, masks_for=finder)
     print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0

@@ -19,11 +19,13 @@ from ..errors import SettingsError
 from .options import add_config_options, bounded_int, config_overrides, fraction, positive_float  # noqa: F401
 
 
-def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16") -> None:
+def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16", shown: str | None = None) -> None:
+    """`shown`: the default as the help says it, when `default` is a sentinel (e.g. a recipe's choice)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default,
                    help=f"CLIP by name (ViT-B/16, ViT-B/32, ViT-L/14, ViT-L/14@336px, RN50, RN101, RN50x4, "
-                        f"RN50x16, RN50x64; toy-rn and toy-vit are bundled) or a checkpoint path; default {default}. "
+                        f"RN50x16, RN50x64; toy-rn and toy-vit are bundled) or a checkpoint path; default "
+                        f"{shown or default}. "
                         "Named OpenAI models are downloaded once into $MASKCLIP_CACHE (~/.cache/maskclip).")
     g.add_argument("--weights", metavar="PATH",
                    help="a local checkpoint (OpenAI TorchScript .pt, state dict, OpenCLIP checkpoint, "
@@ -81,11 +83,21 @@ def add_batch_options(p: argparse.ArgumentParser, heatmaps: str = "also write a 
     the image guard and the vocabulary."""
     p.add_argument("--recursive", action="store_true", help="also look for images in sub-directories")
     p.add_argument("--heatmaps", action="store_true", help=heatmaps)
+    p.add_argument("--save-probs", action="store_true",
+                   help="also write OUT/probs/NAME.npy: the class probabilities, float16 K x H x W (np.load reads it), "
+                        "for post-processing; exports then carry per-class scores")
     p.add_argument("--no-resume", action="store_true",
                    help="recompute images whose outputs already exist with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_image_options(p)
     add_vocabulary_options(p)
+
+
+def add_export_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--export", default=None, metavar="F[,F...]",
+                   help="also write the labels as coco, coco-panoptic, labelstudio, cvat and/or masks (binary, one per "
+                        "class) into OUT/export/ "
+                        "(the same as `maskclip export OUT --format ...` afterwards; see its --help)")
 
 
 def unseen_names(text: str) -> tuple[str, ...]:

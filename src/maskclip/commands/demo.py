@@ -17,7 +17,7 @@ from ..data.image_io import write_png_atomic
 from ..errors import SettingsError
 from ..eval.metrics import ConfusionMatrix
 from ..predict import load_predictor
-from ..render import overlay, palette, panel
+from ..render import label_palette, overlay_with_legend, panel
 from ..toyworld.evaluate import IGNORE, heldout_scenes, query_ground_truth
 from ..toyworld.world import CLASS_COLOURS, CLASSES
 from ..vocab import Vocabulary
@@ -75,14 +75,14 @@ def run(args) -> int:
     k = len(queries)
     cm = ConfusionMatrix(k, IGNORE)
     known = [False] * k
-    colors = palette(k, first=CLASS_COLOURS)
+    colors = label_palette(queries, known=dict(zip(CLASSES, CLASS_COLOURS)))  # a custom name: its own colour
     for i, scene in enumerate(scenes):
         predictor.set_image(scene.image)
         pred = predictor.predict(vocab, return_probs=False).labels
         gt, known_i = query_ground_truth(scene, queries)
         known = [a or b for a, b in zip(known, known_i)]
         cm.update(pred, gt)
-        write_png_atomic(out / f"scene{i:02d}_overlay.png", overlay(scene.image, pred, colors))
+        write_png_atomic(out / f"scene{i:02d}_overlay.png", overlay_with_legend(scene.image, pred, queries, colors))
         write_png_atomic(out / f"scene{i:02d}_panel.png",
                          panel(scene.image, gt, pred, queries, colors, scale=args.scale, title=scene.caption))
     _print_results(args, predictor.config, scenes, out, queries, known, cm.compute()["IoU"])

@@ -56,12 +56,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def folder_options(args: argparse.Namespace) -> dict:
+    """The reader options of --dataset folder, checked."""
+    mapping = None
+    if args.label_map:
+        try:
+            mapping = {int(k): int(v) for k, v in (item.split(":") for item in args.label_map.split(",") if item)}
+        except ValueError:
+            raise SettingsError(f"--label-map {args.label_map!r}: expected VALUE:CLASS_ID pairs, e.g. '0:255,1:0'"
+                                ) from None
+    return {"classes": args.classes, "images": args.image_dir, "labels": args.label_dir,
+            "label_suffix": args.label_suffix, "label_map": mapping, "reduce_zero_label": args.reduce_zero_label,
+            "ignore_index": args.ignore_index}
+
+
 def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
     p.add_argument("--dataset", required=True, help=f"benchmark name: {', '.join(sorted(datasets))}")
     p.add_argument("--root", required=True, type=Path, help="dataset root directory (MMSegmentation layouts)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--classes", default=None,
                    help="for --dataset folder: class names ('a,b,c') or a class file, in label-id order")
+    g = p.add_argument_group("--dataset folder (ROOT/IMAGE_DIR/*.jpg|png with ROOT/LABEL_DIR/<stem>SUFFIX.png)")
+    g.add_argument("--image-dir", default="images", metavar="NAME", help="image sub-folder of --root (default images)")
+    g.add_argument("--label-dir", default="labels", metavar="NAME", help="label sub-folder of --root (default labels)")
+    g.add_argument("--label-suffix", default="", help="label file name = image stem + this + .png (default none)")
+    g.add_argument("--label-map", default=None, metavar="V:ID,...",
+                   help="stored label value -> class id, e.g. '0:255,1:0,2:1' (values not listed are ignored; "
+                        "default: values are class ids)")
+    g.add_argument("--reduce-zero-label", action="store_true",
+                   help="value 0 is background/void: ignored, the others shifted down by one")
+    g.add_argument("--ignore-index", type=int, default=255, help="label value that is not scored (default 255)")
     p.add_argument("--protocol", choices=["paper", "later", "custom", "sclip", "clearclip", "naclip"], default=None,
                    help="inference preset (see below); default: the --method's, else paper, or a bundled toy "
                         "CLIP's recommended settings")
@@ -113,7 +137,7 @@ def prepare(args: argparse.Namespace):
 
     try:
         name = canonical_dataset_name(args.dataset)
-        extra = {"classes": args.classes} if name == "folder" else {}
+        extra = folder_options(args) if name == "folder" else {}
         if name == "folder" and not args.classes:
             raise ValueError("--dataset folder needs --classes (names in label-id order)")
         dataset = open_dataset(name, args.root, args.split, **extra)

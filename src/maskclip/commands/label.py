@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_batch_options, add_maskclip_options, add_model_options
+from .common import add_batch_options, add_export_option, add_maskclip_options, add_model_options
 
 EPILOG = """examples:
   maskclip label images/ --classes context59 --out pseudo/            (a packaged class list by name)
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
                    help="process every n-th image starting at i (sorted order), to split work across machines")
+    add_export_option(p)
     add_batch_options(p)
     add_model_options(p)
     add_maskclip_options(p)
@@ -44,13 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..annotate import LabelOptions, decodes, label_files
     from ..io.label_index import write_label_index
-    from .segment import prepare, summary
+    from .segment import export_after, prepare, summary
 
     job, predictor, meta = prepare(args)
     i, n = args.shard
     mine = list(range(i, len(job.files), n))  # names come from the whole collection, so shards agree
     report = label_files(predictor, [job.files[j] for j in mine], job.layout, job.vocab, meta,
-                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels),
+                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
+                                      save_probs=args.save_probs, class_scores=bool(args.export)),
                          names=[job.names[j] for j in mine])
     done = set(report.done_names)
     lay = job.layout
@@ -60,4 +62,5 @@ def run(args: argparse.Namespace) -> int:
     index = write_label_index(lay.root, entries, job.vocab.output_names, (i, n), len(job.files), meta)
     print(summary(report, job) + f"\nindex: {index} ({len(entries)} images)",
           file=sys.stderr if report.failed else sys.stdout)
+    export_after(args, job)
     return 1 if report.failed else 0

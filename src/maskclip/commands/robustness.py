@@ -55,6 +55,8 @@ def table(results: dict[str, dict[int, float]], severities: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..charts import line_chart
+    from ..data.image_io import write_png_atomic
     from ..errors import SettingsError
     from ..eval.corruptions import CORRUPTIONS
     from ..eval.loop import Corruption
@@ -77,13 +79,16 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         results[name] = {}
         for sev in args.severities:
-            corrupted = replace(job, corruption=Corruption(name, sev, args.seed))
+            corrupted = replace(job, corruption=Corruption(name, sev, args.seed), save_vis=args.save_vis)
             r = evaluate(predictor, dataset, out / f"{name}-{sev}", corrupted)
             results[name][sev] = r.metrics["mIoU"]
     text = (f"# Robustness: {dataset.name}, {clean.num_images} images, model `{settings['model']}`, "
             f"protocol {settings['protocol']}\n\nmIoU (%)\n\n" + table(results, args.severities))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "robustness.md", text)
+    write_png_atomic(out / "robustness.png", line_chart(
+        {k: v for k, v in results.items() if k != "none"}, f"{dataset.name}: mIoU under corruption "
+        f"(clean {100 * clean.metrics['mIoU']:.1f})", reference=clean.metrics["mIoU"]))
     write_json(out / "robustness.json", {"settings": settings, "severities": args.severities,
                                                 "mIoU": {k: {str(s): v for s, v in row.items()}
                                                          for k, row in results.items()}})

@@ -19,6 +19,7 @@ from ..predict import is_plus_checkpoint, load_predictor, predictor_identity
 from ..vocab import Vocabulary, parse_vocabulary
 from .common import (
     add_batch_options,
+    add_export_option,
     add_maskclip_options,
     add_model_options,
     method_base,
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files (JPEG/PNG/WebP/BMP/TIFF) and/or directories of images")
     p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    add_export_option(p)
     add_batch_options(p)
     add_model_options(p)
     add_maskclip_options(p)
@@ -77,6 +79,10 @@ def plan(args: argparse.Namespace, exclude: tuple[Path, ...] = ()) -> Job:
     """Every option and input checked once, before the model loads or any image is read (SettingsError);
     `exclude`: more folders never scanned for images (e.g. the masks of classify-masks)."""
     vocab = parse_vocabulary(args.classes, args.background, args.threshold, warn=warn)
+    if getattr(args, "export", None):
+        from ..export.writer import parse_formats
+
+        parse_formats(args.export)  # a wrong name fails now, not after labelling
     overrides = overrides_from_args(args)
     base, method_templates = method_base(args)
     templates = templates_from_arg(args.templates) or method_templates
@@ -103,8 +109,7 @@ def prepare(args: argparse.Namespace):
     ident = predictor_identity(predictor)
     # what the run really uses: the model's recommended settings with the user's over them; a MaskCLIP+
     # network embeds new names with its checkpoint's templates
-    meta = {"model": ident["model"], "model_sha256": ident["model_sha256"], "kind": ident["kind"],
-            "settings": settings_dict(predictor.config), "templates": predictor.templates}
+    meta = {**ident, "settings": settings_dict(predictor.config), "templates": predictor.templates}
     return job, predictor, meta
 
 
@@ -125,10 +130,21 @@ def predictor_from_args(args: argparse.Namespace, job: Job):
 def run(args: argparse.Namespace) -> int:
     job, predictor, meta = prepare(args)
     report = label_files(predictor, job.files, job.layout, job.vocab, meta,
-                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels),
+                         LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
+                                      save_probs=args.save_probs, class_scores=bool(args.export)),
                          names=job.names)
     print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
+    export_after(args, job)
     return 1 if report.failed else 0
+
+
+def export_after(args: argparse.Namespace, job: Job) -> None:
+    """--export: the finished run's labels in the formats asked for (checked in `plan`, before any work)."""
+    if args.export:
+        from ..export.writer import export_run, parse_formats
+
+        for fmt, path in export_run(job.layout.root, parse_formats(args.export)).items():
+            print(f"export {fmt}: {path}")
 
 
 def summary(report, job: Job) -> str:

@@ -179,7 +179,7 @@ def _render(args) -> int:
 
     from ..data.image_io import write_png_atomic
     from ..io.atomic import atomic_write
-    from ..render import colorize, palette
+    from ..render import colorize, label_palette
     from ..toyworld import WORLD_SIZE
     from ..toyworld.world import CLASS_COLOURS, CLASSES, World, WorldConfig
 
@@ -187,7 +187,7 @@ def _render(args) -> int:
         raise SettingsError(f"--num must be positive, got {args.num}")
     out = Path(args.out)
     world = World(args.seed, WorldConfig(size=args.size or WORLD_SIZE, heldout=args.split != "train"))
-    colors = palette(len(CLASSES), first=CLASS_COLOURS)
+    colors = label_palette(CLASSES, known=dict(zip(CLASSES, CLASS_COLOURS)))
     records = []
     for i in range(args.num):
         s = world.scene(i, args.split)

@@ -134,9 +134,11 @@ def _first_existing(base: Path, stem: str, suffixes: Sequence[str]) -> Path | No
 
 
 def open_voc(root: str | Path, split: str = "val", *, background: bool = True, aug: bool = False) -> SegDataset:
-    """Pascal VOC 2012 as voc21 (background = 0) or voc20 (background ignored)."""
+    """Pascal VOC 2012 as voc21 (background = 0) or voc20 (background ignored). `aug` (implied by a split name
+    ending in "aug", e.g. trainaug): labels from SegmentationClassAug (SBD's, the authors' training set)."""
     dataset = "voc21" if background else "voc20"
     root = Path(root)
+    aug = aug or split.endswith("aug")
     ann = "SegmentationClassAug" if aug else "SegmentationClass"
     base = _find_base(root, ["", "VOC2012", "VOCdevkit/VOC2012"], ["JPEGImages", ann], dataset)
     split_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -329,11 +331,13 @@ def open_folder(
     ignore_index: int = 255,
     reduce_zero_label: bool = False,
     label_suffix: str = "",
+    label_map: dict[int, int] | None = None,
 ) -> SegDataset:
     """Any images folder + labels folder pairing files by stem (``<stem><label_suffix>.png``).
 
     ``classes``: a list, "cat,dog", or a class file (one class a line, synonyms comma-separated).
-    ``split`` is unused (kept for a uniform signature).
+    ``label_map``: stored value -> class id (values not listed become ``ignore_index``), e.g. a tool's own
+    ids; applied before ``reduce_zero_label``. ``split`` is unused (kept for a uniform signature).
     """
     dataset = "folder"
     root = Path(root)
@@ -352,9 +356,17 @@ def open_folder(
     _check_exist(dataset, root, refs)
     ignore = int(ignore_index)
 
+    lut = None
+    if label_map:
+        lut = np.full(max(max(label_map), 255) + 1, ignore, dtype=np.int64)
+        for k, v in label_map.items():
+            lut[int(k)] = int(v)
+
     def load(ref: SampleRef) -> np.ndarray:
-        raw = read_label(ref.label_path)
-        return _reduce_zero(raw, ignore) if reduce_zero_label else raw.astype(np.int64)
+        raw = read_label(ref.label_path).astype(np.int64)
+        if lut is not None:
+            raw = np.where((raw >= 0) & (raw < len(lut)), lut[np.clip(raw, 0, len(lut) - 1)], ignore)
+        return _reduce_zero(raw, ignore) if reduce_zero_label else raw
 
     return SegDataset(dataset, cls, refs, load, ignore, root)
 

@@ -69,6 +69,19 @@ class TextClassifier:
         return TextClassifier(self.embeddings.to(device, dtype or self.embeddings.dtype),
                               self.class_of_name.to(device), self.class_names)
 
+    def subset(self, class_ids: list[int]) -> "TextClassifier":
+        """The classifier of the listed classes only (in that order): e.g. a zero-shot teacher's unseen classes,
+        so that softmax-based steps (PD, KS) see only them."""
+        ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.num_classes:
+            raise ValueError(f"class ids {list(class_ids)} are not a non-empty subset of {self.num_classes} classes")
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[ids] = torch.arange(len(ids))
+        new = remap[self.class_of_name.cpu()]
+        keep = new >= 0
+        return TextClassifier(self.embeddings[keep.to(self.embeddings.device)], new[keep].to(self.class_of_name.device),
+                              [self.class_names[i] for i in ids.tolist()])
+
     def class_logits(self, name_logits: torch.Tensor) -> torch.Tensor:
         """Max over each class's names: [B, N_names, ...] -> [B, K, ...]."""
         if name_logits.shape[1] == self.num_classes and bool(

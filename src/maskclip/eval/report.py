@@ -64,8 +64,16 @@ def markdown_report(report: EvalReport) -> str:
 
 
 def write_report(out_dir: Path, report: EvalReport) -> None:
+    """report.json, report.md and per_class_iou.png (a bar per class) beside them."""
+    from ..charts import bar_chart
+    from ..data.image_io import write_png_atomic
+
     write_json(out_dir / "report.json", report.to_dict())
     write_text(out_dir / "report.md", markdown_report(report))
+    m = report.metrics
+    title = (f"{report.dataset} ({report.num_images} images): per-class IoU (%), mIoU {100 * m['mIoU']:.1f}"
+             if m.get("mIoU") is not None else f"{report.dataset}: per-class IoU (%)")
+    write_png_atomic(out_dir / "per_class_iou.png", bar_chart(report.classes, m["IoU"], title))
 
 
 __all__ = ["EvalReport", "UNDEFINED_NOTE", "markdown_report", "pct", "write_report"]

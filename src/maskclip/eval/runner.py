@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..annotate import settings_key
 from ..data.datasets import SegDataset
 from ..data.image_io import write_png_atomic
-from ..render import palette, panel
+from ..render import label_palette, panel
 from ..vocab import Vocabulary
 from .loop import Corruption, Evaluated, evaluate_samples
 from .protocols import BACKGROUND_DATASETS, EvalProtocol, paper_size, protocol  # noqa: F401 - re-exported
@@ -105,7 +105,7 @@ def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None 
     state = store.load(dataset.num_classes, dataset.ignore_index, names)
     done = set(state.done)
     failures: list[tuple[str, str]] = []
-    colors = palette(dataset.num_classes)
+    colors = label_palette(dataset.class_names)
     bar = tqdm(total=n, initial=len(done), desc=f"eval {dataset.name}", unit="img", disable=not job.progress)
 
     def finished(e: Evaluated) -> None:

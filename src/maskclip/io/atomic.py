@@ -65,7 +65,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def json_safe(obj: Any) -> Any:
-    """`obj` with every non-finite float replaced by None (strict JSON has no NaN or Infinity)."""
+    """`obj` with every non-finite float replaced by None (strict JSON has no NaN or Infinity), paths as text."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

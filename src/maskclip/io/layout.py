@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import SettingsError
 
-LABELS, OVERLAYS, HEATMAPS = "labels", "overlays", "heatmaps"
+LABELS, OVERLAYS, HEATMAPS, PROBS, EXPORT = "labels", "overlays", "heatmaps", "probs", "export"
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,12 @@ class OutputLayout:
     def heatmaps(self, name: str) -> Path:
         return self.root / HEATMAPS / name
 
+    def probs(self, name: str) -> Path:
+        return self.root / PROBS / f"{name}.npy"
+
     def folders(self) -> list[Path]:
         """The folders this layout writes into (never scanned for inputs)."""
-        return [self.root / d for d in (LABELS, OVERLAYS, HEATMAPS)]
+        return [self.root / d for d in (LABELS, OVERLAYS, HEATMAPS, PROBS, EXPORT)]
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -99,5 +102,5 @@ def check_no_overwrite(inputs: Sequence[Path], layout: OutputLayout, names: Sequ
                                     f"(the outputs of {src}); choose an --out outside the inputs")
 
 
-__all__ = ["HEATMAPS", "LABELS", "OVERLAYS", "OutputLayout", "check_no_overwrite", "check_out_dir",
+__all__ = ["EXPORT", "HEATMAPS", "LABELS", "OVERLAYS", "PROBS", "OutputLayout", "check_no_overwrite", "check_out_dir",
            "output_names"]

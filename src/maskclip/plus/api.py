@@ -81,6 +81,9 @@ class TargetSpec:
     output_stride: int | None = None
     width: int = 64
     head_channels: int = 128
+    # a class whose embedding the network learns (the authors' cls_bg, Context-60 zero-shot: "background"),
+    # the other classes' text embeddings frozen
+    learned_background: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ def _check_mode(job: PlusJob, data: TrainFiles, names: list[str], unseen: list[i
         raise SettingsError("--unseen / --no-teacher apply to --mode zero-shot only")
 
 
-RESUME_KEYS = ("class_names", "mode", "unseen", "target", "width", "output_stride", "head_channels")
+RESUME_KEYS = ("class_names", "mode", "unseen", "target", "width", "output_stride", "head_channels",
+               "learned_background", "recipe")
 
 
 def _check_out_dir(cfg: PlusTrainConfig, record: dict, is_main: bool) -> None:
@@ -220,6 +224,7 @@ class _Plan:
     unseen: list[int]
     cfg: PlusTrainConfig
     record: dict
+    learned: tuple[int, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -233,14 +238,30 @@ def _plan(job: PlusJob, device: str | torch.device | None, progress: bool, is_ma
     names = [c[0] for c in classes]
     unseen = parse_unseen(job.unseen, names)
     _check_mode(job, data, names, unseen, ignore, progress)
-    if job.train.mode != "zero-shot":
+    if job.train.mode != "zero-shot" and job.train.gt_ignore_mask:
+        if not data.has_labels():
+            raise SettingsError("--gt-ignore-mask needs the ground truth (--labels DIR or --dataset): its void "
+                                "pixels are what is not trained on")
+        if is_main:
+            print("[maskclip+] annotation-free with the ground truth's void mask (the authors' VOC20/Context-59 "
+                  "configs): void pixels are not trained on, no class label is used", file=sys.stderr)
+    elif job.train.mode != "zero-shot":
         if data.has_labels() and is_main:
             print("[maskclip+] annotation-free: the ground truth given is not used", file=sys.stderr)
         data.labels = data.label_reader = None
     t = job.target
+    learned: tuple[int, ...] = ()
+    if t.learned_background:
+        lower = [n.lower() for n in names]
+        if t.learned_background.lower() not in lower:
+            raise SettingsError(f"--learned-background {t.learned_background!r} is not one of the classes")
+        learned = (lower.index(t.learned_background.lower()),)
+        if learned[0] in unseen:
+            raise SettingsError(f"--learned-background {t.learned_background!r} is an unseen class; it learns from "
+                                "its ground truth, so it must be seen")
     record = {"classes": classes, "class_names": names, "mode": job.train.mode, "unseen": [names[i] for i in unseen],
               "target": t.name, "width": t.width, "output_stride": t.output_stride, "head_channels": t.head_channels,
-              "options": job.options}
+              "learned_background": t.learned_background, "recipe": job.options.get("recipe"), "options": job.options}
     zero_shot = job.train.mode == "zero-shot"
     cfg = replace(job.train, unseen_ids=unseen, ignore_index=ignore,
                   seen_ids=[i for i in range(len(names)) if i not in unseen] if zero_shot else None,
@@ -249,7 +270,7 @@ def _plan(job: PlusJob, device: str | torch.device | None, progress: bool, is_ma
     _check_out_dir(cfg, record, is_main)
     requested = str(device) if device is not None else cfg.device
     dev = training_device(requested, DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
-    return _Plan(data, classes, unseen, replace(cfg, device=str(dev)), record)
+    return _Plan(data, classes, unseen, replace(cfg, device=str(dev)), record, learned)
 
 
 def _networks(job: PlusJob, plan: _Plan, is_main: bool) -> tuple[torch.nn.Module, MaskCLIPTeacher | None, str]:
@@ -262,17 +283,20 @@ def _networks(job: PlusJob, plan: _Plan, is_main: bool) -> tuple[torch.nn.Module
     try:
         model = build_target_model(t.name, clip.embed_dim, class_embeddings(text), t.pretrained,
                                    output_stride=t.output_stride, base_channels=t.width,
-                                   head_channels=t.head_channels, warn_random_init=is_main)
+                                   head_channels=t.head_channels, warn_random_init=is_main,
+                                   learned_classes=plan.learned)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         raise SettingsError(f"--target {t.name} --pretrained {t.pretrained or 'none'}: {err}") from None
     teacher = None
     if job.use_teacher and job.data.pseudo_dir is None:
-        teacher = MaskCLIPTeacher(MaskCLIP(clip, config), text.to(dev), cfg.mean, cfg.std)
+        scored = plan.unseen if cfg.mode == "zero-shot" and cfg.teacher_classes == "unseen" else None
+        teacher = MaskCLIPTeacher(MaskCLIP(clip, config), text.to(dev), cfg.mean, cfg.std, scored)
     names = plan.names
     model.meta.update(
         classes=plan.classes, class_names=names, templates=list(resolve_templates(templates)), mean=list(cfg.mean),
         std=list(cfg.std), clip=_clip_meta(info, job.teacher), mode=cfg.mode, unseen=[names[i] for i in plan.unseen],
-        unseen_ids=plan.unseen, teacher={"settings": asdict(config), "templates": templates} if teacher else None)
+        unseen_ids=plan.unseen, recipe=plan.record["recipe"],
+        teacher={"settings": asdict(config), "templates": templates} if teacher else None)
     source = ("precomputed pseudo labels" if job.data.pseudo_dir is not None else
               f"MaskCLIP teacher {info.name}" if job.use_teacher else "ground truth only")
     return model, teacher, source

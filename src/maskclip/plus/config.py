@@ -33,9 +33,26 @@ class PlusTrainConfig:
     # fraction of the schedule after which the target network labels its own crops; "auto" = 0.1 for
     # zero-shot (paper) and None (never) for annotation-free (paper)
     self_train_after: float | None | str = "auto"
-    # "eval": a separate no-grad forward in eval mode (BN running stats); "shared": the training forward's
-    # detached logits (the authors' implementation; no extra pass)
-    self_train_source: str = "eval"
+    # "shared": the training forward's detached logits (train-mode BN; the authors' implementation, no extra
+    # pass); "eval": a separate no-grad forward in eval mode (BN running statistics)
+    self_train_source: str = "shared"
+    # where the switch falls: "authors" = their 1-based iteration counter compared with the start
+    # (round(f * N) - 1 guided steps: 1999 of 20k); "exact" = round(f * N) guided steps
+    switch: str = "authors"
+    # zero-shot: the teacher scores (softmax, PD, KS) the unseen classes only ("unseen", the authors) or all
+    # classes with the argmax restricted to the unseen ones afterwards ("all")
+    teacher_classes: str = "unseen"
+    # pseudo-labelled pixels whose confidence (max softmax over the candidate classes) is below this are
+    # ignored; 0 = every pixel keeps its pseudo label (the paper and the authors' released configs)
+    pseudo_threshold: float = 0.0
+    # loss normalisation: "labelled" = mean over the labelled pixels (torch's ignore_index mean); "all" =
+    # sum over all pixels of the batch incl. ignored ones (the authors' mmseg 0.x; a lower effective lr)
+    loss_norm: str = "labelled"
+    # annotation-free: pixels that are void (ignore_index) in the ground truth are not trained on. The
+    # authors' VOC20 / Context-59 readers turn background into void, so their student never trains on
+    # GT-background pixels (their numbers used it); False = every pixel gets a teacher label (annotation-free)
+    gt_ignore_mask: bool = False
+    snapshots: tuple[int, ...] = ()  # also write OUT/model-iter<N>.pt after these iterations
     seen_ids: Sequence[int] | None = None  # zero-shot: if given, gt may contain only these (plus ignore)
     unseen_ids: Sequence[int] = ()
     suppress_unseen: bool = False  # zero-shot: map unseen ids in the gt to UNLABELED (authors' loader)
@@ -63,7 +80,8 @@ class PlusTrainConfig:
             frac = 0.1 if self.mode == "zero-shot" else None
         if frac is None:
             return None
-        return int(round(float(frac) * self.iterations))
+        start = int(round(float(frac) * self.iterations))
+        return max(start - 1, 0) if self.switch == "authors" else start
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
@@ -85,8 +103,15 @@ class PlusTrainConfig:
         if frac not in ("auto", None) and not (isinstance(frac, (int, float)) and 0 <= frac <= 1):
             raise ValueError(f"PlusTrainConfig.self_train_after must be a fraction in [0, 1], None or 'auto', "
                              f"got {frac!r}")
-        if self.self_train_source not in ("eval", "shared"):
-            raise ValueError("PlusTrainConfig.self_train_source must be 'eval' or 'shared'")
+        for name, allowed in (("self_train_source", ("eval", "shared")), ("switch", ("authors", "exact")),
+                              ("teacher_classes", ("unseen", "all")), ("loss_norm", ("labelled", "all"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PlusTrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.pseudo_threshold < 1:
+            raise ValueError(f"PlusTrainConfig.pseudo_threshold must lie in [0, 1), got {self.pseudo_threshold}")
+        if any(not 0 < int(n) <= self.iterations for n in self.snapshots):
+            raise ValueError(f"PlusTrainConfig.snapshots must be iterations in 1..{self.iterations}, "
+                             f"got {list(self.snapshots)}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("PlusTrainConfig.checkpoint_every and log_every must be >= 1")
 

@@ -91,6 +91,11 @@ class TrainCrops(torch.utils.data.Dataset):
                 if bad.numel():
                     raise ValueError(f"dataset item {idx}: ground truth has ids {bad.tolist()[:10]} that are "
                                      "neither seen classes nor ignore_index")
+        elif cfg.gt_ignore_mask:  # annotation-free, the authors' VOC20/Context-59 form: only the void mask kept
+            if s.label is None:
+                raise ValueError(f"dataset item {idx}: gt_ignore_mask needs the ground truth (its void pixels)")
+            gt = _as_long_map(s.label, "ground truth", idx)
+            gt = torch.where(gt == cfg.ignore_index, gt, torch.full_like(gt, UNLABELED))
         else:  # annotation-free: any ground truth is ignored
             gt = torch.full((h, w), UNLABELED, dtype=torch.long)
         maps = [gt]

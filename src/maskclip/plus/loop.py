@@ -5,8 +5,9 @@ precomputed label maps (`maskclip label`), or after `self_train_after` of the sc
 network itself (self-training). See pseudo.py for the label-map convention and data.py for the
 deterministic crop stream that makes resume and multi-process sharding exact.
 
-The loss is normalised by the *global* number of labelled pixels (all-reduced), so a DDP step computes
-the same gradient as a single process on the whole batch (mmseg averages per-GPU means instead;
+The loss is normalised by the *global* number of labelled pixels (all-reduced), or with loss_norm="all"
+(the authors' mmseg 0.x) by the global number of pixels, ignored ones included; either way a DDP step
+computes the same gradient as a single process on the whole batch (mmseg averages per-GPU means instead;
 identical when every GPU has the same number of labelled pixels).
 """
 
@@ -32,7 +33,7 @@ from .augment import UNLABELED
 from .config import PlusTrainConfig, poly_lr
 from .data import StreamSampler, TrainCrops
 from .distributed import DistInfo, all_reduce, setup_distributed, training_device
-from .pseudo import fill_unlabeled, label_statistics, merge_precomputed, resize_logits, restricted_argmax
+from .pseudo import fill_unlabeled, label_statistics, merge_precomputed, pseudo_from_logits
 from .state import TrainState, rng_state, seed_all
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,18 @@ def targets(ctx: StepContext, gt: Tensor, pseudo: Tensor | None, images: Tensor,
     cfg = ctx.cfg
     cand = list(cfg.unseen_ids) if cfg.mode == "zero-shot" else None
     size = tuple(gt.shape[-2:])
+    thr, ignore = cfg.pseudo_threshold, cfg.ignore_index
     with torch.no_grad():
         if self_phase:
             logits = train_logits.detach() if train_logits is not None else _eval_logits(ctx, core, images)
-            labels, source = restricted_argmax(resize_logits(logits.float(), size), cand), "self"
+            labels, source = pseudo_from_logits(logits, size, cand, thr, 1.0, ignore), "self"
         elif ctx.teacher is not None:
             logits = ctx.teacher(images)
             if logits.ndim != 4 or logits.shape[0] != images.shape[0] or logits.shape[1] != ctx.num_classes:
                 raise ValueError(f"teacher returned {tuple(logits.shape)}; expected [B={images.shape[0]}, "
                                  f"K={ctx.num_classes}, H, W] logits (K = classes of the target's classifier)")
-            labels, source = restricted_argmax(resize_logits(logits.float(), size), cand), "teacher"
+            scale = float(getattr(ctx.teacher, "logit_scale", 1.0))
+            labels, source = pseudo_from_logits(logits, size, cand, thr, scale, ignore), "teacher"
         elif pseudo is not None:
             return merge_precomputed(gt, pseudo, cand, cfg.ignore_index), "pseudo-file"
         else:
@@ -128,11 +131,13 @@ def train_step(state: TrainState, net: nn.Module, batch: dict[str, Tensor], ctx:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     loss_sum = F.cross_entropy(logits.float(), target, ignore_index=cfg.ignore_index, reduction="sum")
     n_valid, n_pix, hist = label_statistics(target, ctx.num_classes, cfg.ignore_index)
-    # one collective for: global labelled-pixel count, stop request, loss sum (for logging)
-    red = all_reduce(torch.tensor([float(n_valid), float(stop_requested()), loss_sum.item()], dtype=torch.float64,
-                                  device=device), ctx.di)
+    # one collective for: global labelled-pixel count, stop request, loss sum (for logging), pixel count
+    red = all_reduce(torch.tensor([float(n_valid), float(stop_requested()), loss_sum.item(), float(n_pix)],
+                                  dtype=torch.float64, device=device), ctx.di)
     global_valid = max(red[0].item(), 1.0)
-    loss = loss_sum / global_valid * ctx.di.world_size  # DDP averages gradients over processes
+    # "labelled": mean over labelled pixels; "all": over every pixel incl. ignored (the authors' mmseg 0.x)
+    denom = global_valid if cfg.loss_norm == "labelled" else max(red[3].item(), 1.0)
+    loss = loss_sum / denom * ctx.di.world_size  # DDP averages gradients over processes
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
@@ -279,6 +284,14 @@ def _train(cfg: PlusTrainConfig, model: nn.Module, dataset: Any, teacher: Teache
             "log_path": str(paths["log"]), "teacher_calls": calls, "rank": di.rank, "world_size": di.world_size}
 
 
+def save_snapshot(state: TrainState, cfg: PlusTrainConfig, path: Path) -> None:
+    """The network after this iteration, as a model file (e.g. at the self-training switch)."""
+    core = state.model
+    if getattr(core, "meta", None):
+        from .models import save_target_model
+        save_target_model(path, core, {"iterations": state.iteration, "config": asdict(cfg)})
+
+
 def _say(di: DistInfo, message: str) -> None:
     if di.is_main:
         print(message, flush=True)
@@ -323,6 +336,8 @@ def _loop(state: TrainState, net: nn.Module, loader: Any, ctx: StepContext, path
                 window.flush(it, cfg, di, paths["log"], log_fn)
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 checkpoint()
+            if it in cfg.snapshots and di.is_main:
+                save_snapshot(state, cfg, paths["model"].with_name(f"model-iter{it}.pt"))
             if r.stop:
                 if it != cfg.iterations:
                     checkpoint()

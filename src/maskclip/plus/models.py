@@ -29,19 +29,39 @@ from .heads import ASPPv2Head, DeepLabV3PlusHead, LightHead
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("deeplabv2-r101", "deeplabv3plus-r101", "light-r18")
+# deeplabv2-r50: what the authors' ViT-B/16 annotation-free configs train (a ResNet-50 v1c, though their file
+# names say r101)
+MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "deeplabv3plus-r101", "light-r18")
 
 
 class TextHead(nn.Module):
-    """logits[b, k] = <f(feat[b]), t_k> * s, with t_k the L2-normalised text embedding of class k."""
+    """logits[b, k] = <f(feat[b]), t_k> * s, with t_k the L2-normalised text embedding of class k.
+
+    `learned_ids`: classes whose embedding is LEARNED instead (the authors' ``cls_bg``: a background that CLIP
+    cannot name well, Context-60 zero-shot): a Parameter initialised from a standard normal, L2-normalised at
+    use and trained while the text embeddings stay frozen.
+    """
 
     weight: Tensor
+    learned_ids: Tensor
 
-    def __init__(self, text_embeddings: Tensor, normalize_features: bool = False, logit_scale: float = 1.0):
+    def __init__(self, text_embeddings: Tensor, normalize_features: bool = False, logit_scale: float = 1.0,
+                 learned_ids: tuple[int, ...] = ()):
         super().__init__()
         self.normalize_features = normalize_features
         self.logit_scale = float(logit_scale)
         self.register_buffer("weight", self._prepare(text_embeddings))
+        ids = torch.as_tensor(sorted(set(int(i) for i in learned_ids)), dtype=torch.long)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_classes):
+            raise ValueError(f"learned class ids {ids.tolist()} out of range for {self.num_classes} classes")
+        self.register_buffer("learned_ids", ids)
+        self.learned = nn.Parameter(torch.randn(len(ids), self.embed_dim)) if len(ids) else None
+
+    def effective_weight(self) -> Tensor:
+        """The classifier rows in use: text embeddings, with the learned rows (normalised) in their places."""
+        if self.learned is None:
+            return self.weight
+        return self.weight.index_copy(0, self.learned_ids, F.normalize(self.learned, dim=-1).to(self.weight.dtype))
 
     @staticmethod
     def _prepare(text_embeddings: Tensor) -> Tensor:
@@ -64,11 +84,12 @@ class TextHead(nn.Module):
         if w.shape[1] != self.embed_dim:
             raise ValueError(f"text embeddings have dim {w.shape[1]}, the network produces {self.embed_dim}")
         self.weight = w.to(self.weight.device)
+        self.learned_ids, self.learned = self.learned_ids[:0], None  # new classes: text embeddings only
 
     def forward(self, feat: Tensor) -> Tensor:
         if self.normalize_features:
             feat = F.normalize(feat, dim=1)
-        logits = F.conv2d(feat, self.weight.to(feat.dtype)[:, :, None, None])
+        logits = F.conv2d(feat, self.effective_weight().to(feat.dtype)[:, :, None, None])
         return logits * self.logit_scale if self.logit_scale != 1.0 else logits
 
 
@@ -108,16 +129,19 @@ class SegmentationModel(nn.Module):
 def build_target_model(name: str, embed_dim: int, text_embeddings: Tensor, pretrained: str | None = None, *,
                        output_stride: int | None = None, base_channels: int = 64,
                        normalize_features: bool = False, logit_scale: float | None = None,
-                       head_channels: int = 128, warn_random_init: bool = True) -> SegmentationModel:
+                       head_channels: int = 128, warn_random_init: bool = True,
+                       learned_classes: tuple[int, ...] = ()) -> SegmentationModel:
     """Build a MaskCLIP+ target network.
 
-    name: "deeplabv2-r101" (paper's VOC / COCO-Stuff / annotation-free model), "deeplabv3plus-r101" (paper's
+    name: "deeplabv2-r101" (paper's VOC / COCO-Stuff / annotation-free model), "deeplabv2-r50" (the authors'
+    ViT-B/16 annotation-free configs), "deeplabv3plus-r101" (paper's
     Pascal Context zero-shot model) or "light-r18" (ResNet-18 + LightHead, output stride 16 by default: 4x
     fewer head FLOPs than OS 8 for CPU use; pass output_stride=8 for finer masks).
     pretrained: None (random init, warned loudly), "imagenet" (the public checkpoint for the architecture:
     open-mmlab resnet101_v1c for r101, torchvision resnet18 for light-r18), a PRETRAINED_URLS key, a URL or
     a local file. base_channels < 64 shrinks the network (tests only; no pretrained weights fit then).
     logit_scale: defaults to 1 for raw features (authors) and 40 when normalize_features=True.
+    learned_classes: class ids whose embedding is learned (the authors' cls_bg; see TextHead).
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown target model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -131,17 +155,18 @@ def build_target_model(name: str, embed_dim: int, text_embeddings: Tensor, pretr
         default_weights = "resnet18"
     else:
         os_ = output_stride or 8
-        backbone = ResNet(101, deep_stem=True, stem_channels=base_channels, base_channels=base_channels,
+        depth = 50 if name.endswith("-r50") else 101
+        backbone = ResNet(depth, deep_stem=True, stem_channels=base_channels, base_channels=base_channels,
                           output_stride=os_)
         # ASPP rates are the paper's for OS 8; scaled with the stride (OS 16 -> halved, as DeepLab does)
         def rates(ds: tuple[int, ...]) -> tuple[int, ...]:
             return tuple(max(1, d * 8 // os_) for d in ds)
-        if name == "deeplabv2-r101":
+        if name.startswith("deeplabv2-"):
             head = ASPPv2Head(backbone.out_channels[-1], embed_dim, rates((6, 12, 18, 24)))
         else:
             head = DeepLabV3PlusHead(backbone.out_channels[-1], backbone.out_channels[0], embed_dim,
                                      rates((1, 12, 24, 36)))
-        default_weights = "resnet101_v1c"
+        default_weights = f"resnet{depth}_v1c"
     if pretrained is not None:
         load_pretrained_backbone(backbone, default_weights if pretrained == "imagenet" else pretrained)
     elif warn_random_init:
@@ -150,10 +175,10 @@ def build_target_model(name: str, embed_dim: int, text_embeddings: Tensor, pretr
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     scale_ = logit_scale if logit_scale is not None else (40.0 if normalize_features else 1.0)
-    classifier = TextHead(text_embeddings, normalize_features, scale_)
+    classifier = TextHead(text_embeddings, normalize_features, scale_, tuple(learned_classes))
     meta = dict(name=name, embed_dim=embed_dim, num_classes=int(text_embeddings.shape[0]), output_stride=os_,
                 base_channels=base_channels, normalize_features=normalize_features, logit_scale=scale_,
-                head_channels=head_channels)
+                head_channels=head_channels, learned_classes=sorted(set(int(i) for i in learned_classes)))
     return SegmentationModel(backbone, head, classifier, meta)
 
 
@@ -181,7 +206,8 @@ def load_target_model(path: str | Path, map_location: str | torch.device = "cpu"
         model = build_target_model(meta["name"], meta["embed_dim"], text, None,
                                    output_stride=meta["output_stride"], base_channels=meta["base_channels"],
                                    normalize_features=meta["normalize_features"], logit_scale=meta["logit_scale"],
-                                   head_channels=meta.get("head_channels", 128), warn_random_init=False)
+                                   head_channels=meta.get("head_channels", 128), warn_random_init=False,
+                                   learned_classes=tuple(meta.get("learned_classes", ())))
         model.load_state_dict(sd)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise PlusFormatError(f"{path}: the network it describes cannot be rebuilt "

@@ -152,12 +152,27 @@ class PlusPredictor:
             trained = self.trained_classes
             if trained and all(len(c) == 1 for c in names) and [c[0] for c in names] == trained \
                     and self.templates == self.meta.get("templates"):
-                w = self.net.classifier.weight.detach().float().cpu()
+                w = self.net.classifier.effective_weight().detach().float().cpu()
                 clf = TextClassifier(w, torch.arange(len(names)), [c[0] for c in names])
             else:
-                clf = build_text_classifier(self.text_encoder(), vocab, self.templates, cache=self._text_cache)
+                clf = self._with_learned(build_text_classifier(self.text_encoder(), vocab, self.templates,
+                                                               cache=self._text_cache), vocab)
             self._classifiers[key] = clf
         return self._classifiers[key]
+
+    def _with_learned(self, clf: TextClassifier, vocab: Vocabulary) -> TextClassifier:
+        """A name the network learned an embedding for (e.g. a cls_bg "background") scores with that embedding."""
+        tc, trained = self.net.classifier, self.trained_classes
+        if tc.learned is None or not trained:
+            return clf
+        rows = tc.effective_weight().detach().float().cpu()
+        learned = {trained[i].lower(): rows[i] for i in tc.learned_ids.tolist()}
+        names = [n.lower() for c in vocab.scored for n in c]  # the classifier's row order
+        emb = clf.embeddings.clone()
+        for j, n in enumerate(names):
+            if n in learned:
+                emb[j] = learned[n].to(emb.device, emb.dtype)
+        return TextClassifier(emb, clf.class_of_name, clf.class_names)
 
     # ---- image side ---------------------------------------------------------------------------------
 

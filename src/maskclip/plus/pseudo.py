@@ -47,6 +47,21 @@ def restricted_argmax(logits: Tensor, candidate_ids: IdList = None) -> Tensor:
     return ids[logits.index_select(1, ids).argmax(1)]
 
 
+def pseudo_from_logits(logits: Tensor, size: tuple[int, int], candidate_ids: IdList = None, threshold: float = 0.0,
+                       scale: float = 1.0, ignore_index: int = 255) -> Tensor:
+    """Pseudo labels [B,H,W] from logits [B,K,h,w]: bilinear to `size`, argmax among the candidates, and
+    pixels whose confidence max softmax(scale * logits) over the candidates is below `threshold` set to
+    ignore_index (threshold 0: none)."""
+    logits = resize_logits(logits.float(), size)
+    labels = restricted_argmax(logits, candidate_ids)
+    if threshold > 0:
+        ids = _ids(candidate_ids, logits.device)
+        sub = logits if ids is None else logits.index_select(1, ids)
+        conf = (sub * scale).softmax(1).amax(1)
+        labels = torch.where(conf >= threshold, labels, torch.full_like(labels, ignore_index))
+    return labels
+
+
 def fill_unlabeled(gt: Tensor, labels: Tensor, unlabeled_value: int = UNLABELED) -> Tensor:
     """gt where it has a label (or is ignore), ``labels`` where gt == unlabeled_value."""
     return torch.where(gt == unlabeled_value, labels, gt)
@@ -109,6 +124,7 @@ def label_statistics(target: Tensor, num_classes: int, ignore_index: int = 255) 
     return int(valid.sum()), target.numel(), hist
 
 
-__all__ = ["UNLABELED", "resize_logits", "restricted_argmax", "fill_unlabeled", "pseudo_labels_annotation_free",
+__all__ = ["UNLABELED", "resize_logits", "restricted_argmax", "pseudo_from_logits", "fill_unlabeled",
+           "pseudo_labels_annotation_free",
            "pseudo_labels_zero_shot", "check_no_unseen_leak", "suppress_classes", "merge_precomputed",
            "label_statistics"]

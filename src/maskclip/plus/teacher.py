@@ -17,6 +17,9 @@ from ..dense.preprocess import normalize
 from ..dense.text import TextClassifier
 from ..normalization import pixel_mean_std
 
+# the score of a class the teacher does not score: finite, so bilinear resizing cannot make NaNs
+NO_SCORE = -1e4
+
 
 class MaskCLIPTeacher:
     """Frozen MaskCLIP as a training-crop labeller: crops normalised for the target network ->
@@ -26,8 +29,16 @@ class MaskCLIPTeacher:
     own statistics). Whole-image mode runs the batch in one encoder pass; slide mode goes image by image.
     """
 
-    def __init__(self, engine: MaskCLIP, classifier: TextClassifier, mean: Sequence[float], std: Sequence[float]):
-        self.engine, self.classifier = engine, classifier
+    # the softmax temperature of the teacher's cosine logits for confidences (CLIP's logit scale, as PD's)
+    logit_scale = 100.0
+
+    def __init__(self, engine: MaskCLIP, classifier: TextClassifier, mean: Sequence[float], std: Sequence[float],
+                 class_ids: Sequence[int] | None = None):
+        """class_ids: score only these classes (the zero-shot teacher's unseen classes, so that PD and KS see
+        only them, as the authors'); the other channels are returned as NO_SCORE."""
+        self.engine, self.num_classes = engine, classifier.num_classes
+        self.class_ids = None if class_ids is None else torch.as_tensor(list(class_ids), dtype=torch.long)
+        self.classifier = classifier if class_ids is None else classifier.subset(list(class_ids))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         cm, cs = pixel_mean_std(engine.config.normalize)
@@ -39,7 +50,12 @@ class MaskCLIPTeacher:
         x = x.float().to(eng.device)
         if self.renormalize:
             x = normalize(x * self.std.to(x.device) + self.mean.to(x.device), eng.config.normalize)
-        return eng.batch_logits(x, self.classifier)  # whole mode: the batch in one encoder pass
+        scores = eng.batch_logits(x, self.classifier)  # whole mode: the batch in one encoder pass
+        if self.class_ids is None:
+            return scores
+        out = scores.new_full((scores.shape[0], self.num_classes, *scores.shape[2:]), NO_SCORE)
+        out[:, self.class_ids.to(out.device)] = scores
+        return out
 
 
 def class_embeddings(classifier: TextClassifier) -> torch.Tensor:
@@ -50,4 +66,4 @@ def class_embeddings(classifier: TextClassifier) -> torch.Tensor:
     return F.normalize(out, dim=-1)
 
 
-__all__ = ["MaskCLIPTeacher", "class_embeddings"]
+__all__ = ["NO_SCORE", "MaskCLIPTeacher", "class_embeddings"]

@@ -68,7 +68,7 @@ def connected_regions(labels: np.ndarray, min_area: int = 1, ignore: tuple[int, 
     """Training-free proposals: the 4-connected regions of a label map (MaskCLIP's), each one mask;
     regions smaller than `min_area` pixels are dropped; records carry the label and the area."""
     labels = np.asarray(labels)
-    comp = _components(labels)
+    comp = components(labels)
     masks, records = [], []
     for c in range(1, int(comp.max()) + 1 if comp.size else 1):
         m = comp == c
@@ -82,7 +82,7 @@ def connected_regions(labels: np.ndarray, min_area: int = 1, ignore: tuple[int, 
     return MaskSet(stack, records=records, source="connected-regions")
 
 
-def _components(labels: np.ndarray) -> np.ndarray:
+def components(labels: np.ndarray) -> np.ndarray:
     """4-connected components of equal labels, numbered 1..K in raster order of their first pixel
     (union-find over horizontal and vertical neighbours, vectorised per row pair)."""
     h, w = labels.shape
@@ -116,4 +116,4 @@ def _components(labels: np.ndarray) -> np.ndarray:
     return numbered[np.searchsorted(np.unique(roots), roots)].reshape(h, w)
 
 
-__all__ = ["MaskSet", "connected_regions", "masks_from_instance_map"]
+__all__ = ["MaskSet", "components", "connected_regions", "masks_from_instance_map"]

@@ -1,0 +1,1 @@
+"""Label maps in the formats annotation tools import (COCO, COCO panoptic, Label Studio, CVAT)."""

@@ -1,0 +1,1 @@
+"""The local web demo (`maskclip serve`): try a vocabulary on an image in the browser."""
