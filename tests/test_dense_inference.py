@@ -183,29 +183,33 @@ def test_long_class_name_error_names_the_class(tiny_vit):
         build_text_classifier(tiny_vit, ["cat", long_name], templates="single")
 
 
-def test_text_classifier_disk_cache(tiny_vit, tmp_path, monkeypatch):
+def test_text_classifier_disk_cache_embeds_only_new_names(tiny_vit, tmp_path, monkeypatch):
+    from maskclip.dense import text as text_mod
     from maskclip.io.cache import TextCache
 
     monkeypatch.setenv("MASKCLIP_CACHE", str(tmp_path))
-    calls = []
-    real = tiny_vit.encode_text
-    monkeypatch.setattr(tiny_vit, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single")
+    embedded: list[list[str]] = []
+    real = text_mod.encode_names
+    monkeypatch.setattr(text_mod, "encode_names", lambda m, names, t, **k: embedded.append(list(names)) or
+                        real(m, names, t, **k))
+    plain = build_text_classifier(tiny_vit, ["cat", "dog", "bird"], templates="single")
     assert not (tmp_path / "text").exists()  # no cache given: nothing written
+    embedded.clear()
     cache = TextCache("ab" * 32)
     a = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
-    n = len(calls)
-    assert n > 0 and len(list((tmp_path / "text").glob("*.pt"))) == 1
-    b = build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
-    assert len(calls) == n  # served from disk
-    torch.testing.assert_close(a.embeddings, b.embeddings)
-    torch.testing.assert_close(a.embeddings, plain.embeddings, rtol=0, atol=0)
-    build_text_classifier(tiny_vit, ["cat", "bird"], templates="single", cache=cache)
-    assert len(calls) > n and len(list((tmp_path / "text").glob("*.pt"))) == 2
-    next((tmp_path / "text").glob("*.pt")).write_bytes(b"damaged")  # a damaged entry is recomputed
+    assert embedded == [["cat", "dog"]] and len(list((tmp_path / "text").glob("*.pt"))) == 1
+    b = build_text_classifier(tiny_vit, ["dog"], templates="single", cache=cache)  # a subset: nothing embedded
+    c = build_text_classifier(tiny_vit, [["dog", "puppy"], "bird", "cat"], templates="single", cache=cache)
+    assert embedded == [["cat", "dog"], ["puppy", "bird"]]  # a superset: only the new names
+    torch.testing.assert_close(b.embeddings[0], a.embeddings[1], rtol=0, atol=0)
+    torch.testing.assert_close(c.embeddings[[0, 2, 3]], plain.embeddings[[1, 2, 0]], rtol=0, atol=1e-6)
+    assert c.class_of_name.tolist() == [0, 0, 1, 2]
+    build_text_classifier(tiny_vit, ["cat"], templates="85", cache=cache)  # other templates: another file
+    assert embedded[-1] == ["cat"] and len(list((tmp_path / "text").glob("*.pt"))) == 2
+    for f in (tmp_path / "text").glob("*.pt"):
+        f.write_bytes(b"damaged")  # a damaged file is recomputed, never trusted
     build_text_classifier(tiny_vit, ["cat", "dog"], templates="single", cache=cache)
-    build_text_classifier(tiny_vit, ["cat", "bird"], templates="single", cache=cache)
-    assert len(calls) > n + 1
+    assert embedded[-1] == ["cat", "dog"]
 
 
 def test_config_validation():

@@ -313,6 +313,23 @@ def test_recipe_print_resolves_the_authors_settings_and_options_override(capsys)
     assert plain["train"]["loss_norm"] == "labelled" and plain["target"]["name"] == "deeplabv2-r101"
 
 
+def test_recipe_job_is_the_command_lines_library_call(capsys):
+    """`Recipe.job(root, out)` (the Python API) resolves to what `maskclip train --recipe ... --print` shows."""
+    from dataclasses import asdict
+
+    from maskclip.plus.recipes import RECIPES
+
+    for name in ("zs-context60-rn50", "af-voc20-vit16", "zs-cocostuff-rn50"):
+        job = RECIPES[name].job("data/x", "runs/y")
+        cli = printed(capsys, "--recipe", name, "--root", "data/x", "--out", "runs/y")
+        ours = json.loads(json.dumps(asdict(job), default=str))
+        ours["train"].pop("resume"), cli["train"].pop("resume")  # the library resumes by default, the CLI on --resume
+        for part in ("data", "target", "train"):
+            assert ours[part] == cli[part], (name, part)
+        assert list(job.unseen) == cli["unseen"] and ours["teacher"]["clip"] == cli["teacher"]["clip"]
+        assert ours["teacher"]["config"] == cli["teacher"]["config"]
+
+
 def test_unknown_recipe_is_one_line(capsys):
     fails(capsys, ["train", "--recipe", "voc-best", "--print"], "unknown recipe 'voc-best'")
 

@@ -17,6 +17,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from maskclip.errors import SettingsError  # noqa: E402
 from maskclip.predict import load_predictor  # noqa: E402
 from maskclip.serve.app import create_app  # noqa: E402
 from maskclip.serve.session import DemoSession, Request  # noqa: E402
@@ -47,6 +48,10 @@ def test_session_reuses_the_image_features_for_a_new_vocabulary():
     c = s.run(Request(classes="zebra", example=3))
     assert a["encoded"] and not b["encoded"] and c["encoded"]
     assert b["classes"] == ["zebra", "grass", "water"] and len(b["heatmaps"]) == 3
+    with pytest.raises(SettingsError, match="not an image"):
+        s.run(Request(classes="zebra", image=b"GIF89a not really"))
+    with pytest.raises(SettingsError, match="not served"):
+        s.run(Request(classes="zebra", example=0, model="ViT-B/16"))
     body, media, _ = s.export(b["id"], "coco")
     assert media == "application/json" and b'"annotations"' in body
     import zipfile

@@ -28,8 +28,9 @@ def add_model_options(p: argparse.ArgumentParser, default: str = "ViT-B/16", sho
                         f"{shown or default}. "
                         "Named OpenAI models are downloaded once into $MASKCLIP_CACHE (~/.cache/maskclip).")
     g.add_argument("--weights", metavar="PATH",
-                   help="a local checkpoint (OpenAI TorchScript .pt, state dict, OpenCLIP checkpoint, "
-                        "optionally gzip'd); overrides --model, for offline machines")
+                   help="a local checkpoint (OpenAI TorchScript .pt, state dict, OpenCLIP checkpoint, optionally "
+                        "gzip'd; .safetensors; or a Hugging Face CLIP folder as CLIPModel.save_pretrained writes it); "
+                        "overrides --model, for offline machines. Files are read as data: nothing in them runs")
     g.add_argument("--random-weights", action="store_true",
                    help="use randomly initialised weights of the --model architecture (pipeline checks only; "
                         "outputs are labelled random and mean nothing)")

@@ -131,9 +131,14 @@ def build_text_classifier(model: CLIP, classes: list[str | list[str]] | Vocabula
     tmpl = resolve_templates(templates)
     names = [n for c in classes for n in c]
     class_of_name = torch.tensor([i for i, c in enumerate(classes) for _ in c])
-    emb = cache.load(names, tmpl, model.embed_dim) if cache is not None else None
-    if emb is None:
-        emb = encode_names(model, names, tmpl)
-        if cache is not None:
-            cache.save(names, tmpl, emb)
+    if cache is None:
+        return TextClassifier(encode_names(model, names, tmpl), class_of_name, [c[0] for c in classes])
+    found = cache.lookup(names, tmpl, model.embed_dim)
+    missing = [n for n in dict.fromkeys(names) if n not in found]  # only the names never embedded before
+    if missing:
+        new = dict(zip(missing, encode_names(model, missing, tmpl).cpu()))
+        cache.store(new, tmpl)
+        found.update(new)
+    device = next(model.parameters()).device
+    emb = torch.stack([found[n] for n in names]).to(device)
     return TextClassifier(emb, class_of_name, [c[0] for c in classes])

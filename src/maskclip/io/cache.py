@@ -26,29 +26,43 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class TextCache:
-    """Name embeddings of one set of weights, keyed by (names, templates); a damaged entry is recomputed."""
+    """Per-name embeddings of one set of weights and one template set: a vocabulary that shares names with
+    an earlier one (a subset, a superset, a reordering) embeds only its new names. One file per (weights,
+    templates), {name: embedding}; a damaged file or entry is recomputed, never trusted."""
 
     model_sha256: str
     root: Path | None = None
 
-    def path(self, names: list[str], templates: tuple[str, ...]) -> Path:
-        blob = json.dumps({"model": self.model_sha256, "names": names, "templates": list(templates)}, sort_keys=True)
+    def path(self, templates: tuple[str, ...]) -> Path:
+        blob = json.dumps({"model": self.model_sha256, "templates": list(templates), "per_name": 1}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:32]
         return (self.root or cache_dir() / "text") / f"{key}.pt"
 
-    def load(self, names: list[str], templates: tuple[str, ...], dim: int) -> torch.Tensor | None:
-        path = self.path(names, templates)
+    def _bank(self, templates: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        path = self.path(templates)
         if not path.is_file():
-            return None
+            return {}
         try:
-            emb = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
-            return None
-        ok = isinstance(emb, torch.Tensor) and emb.shape == (len(names), dim) and bool(torch.isfinite(emb).all())
-        return emb if ok else None
+            bank = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            return {}
+        return bank if isinstance(bank, dict) else {}
 
-    def save(self, names: list[str], templates: tuple[str, ...], emb: torch.Tensor) -> None:
-        save_torch(self.path(names, templates), emb.detach().cpu())
+    def lookup(self, names: list[str], templates: tuple[str, ...], dim: int) -> dict[str, torch.Tensor]:
+        """The cached embeddings of those of `names` that have one (finite, of dimension `dim`)."""
+        bank = self._bank(templates)
+        out = {}
+        for n in names:
+            v = bank.get(n)
+            if isinstance(v, torch.Tensor) and v.shape == (dim,) and bool(torch.isfinite(v).all()):
+                out[n] = v
+        return out
+
+    def store(self, embeddings: dict[str, torch.Tensor], templates: tuple[str, ...]) -> None:
+        """Add names to the file (merged with what is there now; written atomically)."""
+        bank = self._bank(templates)
+        bank.update({n: v.detach().float().cpu().clone() for n, v in embeddings.items()})
+        save_torch(self.path(templates), bank)
 
 
 __all__ = ["TextCache", "cache_dir"]

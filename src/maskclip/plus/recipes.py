@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..data.splits import load_split
 from ..dense.config import MaskCLIPConfig, with_compat
 from .api import PlusData, PlusJob, TargetSpec, TeacherSpec
 from .config import PlusTrainConfig
@@ -66,7 +67,7 @@ class Recipe:
             TeacherSpec(self.clip, self.teacher_config(), "85"),
             TargetSpec(self.target, "imagenet", learned_background=self.learned_background),
             replace(self.train_config(), out_dir=str(out)),
-            unseen=(self.unseen,) if self.unseen else (),
+            unseen=tuple(load_split(self.unseen)[1]) if self.unseen else (),
             options={"recipe": self.name})
 
     def summary(self) -> dict:

@@ -99,7 +99,7 @@ class DemoSession:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise SettingsError(f"image of {im.width}x{im.height} pixels is larger than this demo takes")
             return as_rgb_uint8(np.asarray(im.convert("RGB")))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise SettingsError(f"the upload is not an image this demo reads: {err}") from None
 
     def run(self, req: Request) -> dict:
