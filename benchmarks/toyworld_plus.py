@@ -231,6 +231,25 @@ def restricted_accuracy(predictor, scenes, classes: list[str], unseen: list[int]
     return right / max(total, 1)
 
 
+def evaluate_runs(teacher, names: list[str], out: Path, student_config, scenes, classes: list[str],
+                  unseen: list[int], switch: int | None) -> tuple[dict, dict]:
+    """Every model on the held-out scenes, and the restricted accuracy at the switch (teacher: its own)."""
+    from maskclip.predict import load_predictor
+    from maskclip.toyworld.captions import TEMPLATES
+
+    results = {"MaskCLIP teacher": evaluate(teacher, scenes, classes, unseen)}
+    switch_acc = {"MaskCLIP teacher": restricted_accuracy(teacher, scenes, classes, unseen)}
+    for name in names:
+        pred = load_predictor(str(out / name / "model.pt"), "cpu", list(TEMPLATES), student_config)
+        results[f"MaskCLIP+ {name}"] = evaluate(pred, scenes, classes, unseen)
+        snap = out / name / f"model-iter{switch}.pt"
+        if name.startswith("guided@") and snap.is_file():  # guided+self is the same run up to the switch
+            at_switch = load_predictor(str(snap), "cpu", list(TEMPLATES), student_config)
+            switch_acc[name] = switch_acc[name.replace("guided@", "guided+self@")] = \
+                restricted_accuracy(at_switch, scenes, classes, unseen)
+    return results, switch_acc
+
+
 def pct(v: float) -> str:
     return f"{100 * v:5.1f}" if np.isfinite(v) else "  nan"
 
@@ -320,50 +339,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
 
-    scenes = heldout_scenes(n_test, seed=args.seed)
-    teacher = load_predictor(args.model, "cpu", list(TEMPLATES), config)
-    results = {"MaskCLIP teacher": evaluate(teacher, scenes, classes, unseen)}
-    switch_acc = {"MaskCLIP teacher": restricted_accuracy(teacher, scenes, classes, unseen)}
     switch = replace(base.train, mode="zero-shot", unseen_ids=unseen).self_train_start()
-    for name in names:
-        pred = load_predictor(str(out / name / "model.pt"), "cpu", list(TEMPLATES), student_config)
-        results[f"MaskCLIP+ {name}"] = evaluate(pred, scenes, classes, unseen)
-        snap = out / name / f"model-iter{switch}.pt"
-        if name.startswith("guided@") and snap.is_file():  # guided+self is the same run up to the switch
-            at_switch = load_predictor(str(snap), "cpu", list(TEMPLATES), student_config)
-            switch_acc[name] = switch_acc[name.replace("guided@", "guided+self@")] = \
-                restricted_accuracy(at_switch, scenes, classes, unseen)
+    teacher = load_predictor(args.model, "cpu", list(TEMPLATES), config)
+    results, switch_acc = evaluate_runs(teacher, names, out, student_config, heldout_scenes(n_test, seed=args.seed),
+                                        classes, unseen, switch)
     table = format_tables(results, classes, unseen, seconds, switch_acc)
     claims = check_claims(results)
+    print_summary(table, claims, switch, time.perf_counter() - t_start, args.threads)
+    setup = {"teacher": {"model": args.model, "sha256": clip_info.sha256, "variant": variant,
+                         "settings": asdict(config)},
+             "world": {"seed": args.seed, "size": WORLD_SIZE, "student_size": student, "train_scenes": n_train,
+                       "test_scenes": n_test, "test_split": "test"},
+             "classes": classes, "unseen": unseen_names,
+             "training": {"iterations": iters, "batch_size": args.batch_size, "target": "light-r18",
+                          "width": args.width, "pretrained_backbone": str(backbone) if backbone else None,
+                          "lr": args.lr, "seconds": seconds, "switch_iteration": switch},
+             "commands": {k: repr(v) for k, v in jobs.items()}, "threads": args.threads}
+    write_results(args.json or out / "results.json", {
+        **setup, "results": {k: {m: v[m] for m in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "IoU",
+                                                    "seconds")} for k, v in results.items()},
+        "restricted_accuracy_at_switch": switch_acc, "claims": claims, "table": table,
+        "total_seconds": time.perf_counter() - t_start})
+    return 0 if all(claims.values()) else 1
+
+
+def print_summary(table: str, claims: dict[str, bool], switch: int | None, total: float, threads: int) -> None:
     print(table)
     print(f"acc@sw: restricted accuracy on the held-out unseen pixels after the {switch} guided iterations before "
           "the switch (teacher: its own)")
     for claim, ok in claims.items():
         print(f"{'PASS' if ok else 'FAIL'}: {claim}")
-    total = time.perf_counter() - t_start
-    print(f"total {total:.0f} s ({args.threads} threads)")
-    report = {
-        "teacher": {"model": args.model, "sha256": clip_info.sha256, "variant": variant,
-                    "settings": asdict(config)},
-        "world": {"seed": args.seed, "size": WORLD_SIZE, "student_size": student, "train_scenes": n_train,
-                  "test_scenes": n_test, "test_split": "test"},
-        "classes": classes, "unseen": unseen_names,
-        "training": {"iterations": iters, "batch_size": args.batch_size, "target": "light-r18",
-                     "width": args.width, "pretrained_backbone": str(backbone) if backbone else None,
-                     "lr": args.lr, "seconds": seconds, "switch_iteration": switch},
-        "commands": {k: repr(v) for k, v in jobs.items()},
-        "results": {k: {m: v[m] for m in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "IoU", "seconds")}
-                    for k, v in results.items()},
-        "restricted_accuracy_at_switch": switch_acc,
-        "claims": claims, "table": table, "total_seconds": total, "threads": args.threads,
-    }
-    path = args.json or out / "results.json"
+    print(f"total {total:.0f} s ({threads} threads)")
+
+
+def write_results(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, path)
     print(f"results: {path}", file=sys.stderr)
-    return 0 if all(claims.values()) else 1
 
 
 if __name__ == "__main__":

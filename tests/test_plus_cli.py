@@ -348,3 +348,26 @@ def test_a_checkpoint_and_its_report_record_the_recipe(world, tmp_path):
     assert main(["segment", str(world / "images" / "s0.png"), "--model", str(out / "model.pt"), "--classes",
                  "sky,grass", "--out", str(seg), "--quiet"]) == 0
     assert json.loads((seg / "labels" / "s0.json").read_text())["recipe"] == "af-voc20-rn50"
+
+
+def test_learned_background_is_trained_saved_and_scores_its_name(world, tmp_path):
+    """--learned-background: the class's row is learned (the rest frozen) and the predictor uses it whenever
+    a vocabulary names that class."""
+    out = tmp_path / "bg"
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        assert main(train_args(world, out, "--iterations", "2", "--learned-background", "sky")) == 0
+    net = load_target_model(out / "model.pt")
+    sky = CLASSES.index("sky")
+    assert net.meta["learned_classes"] == [sky]
+    learned = net.classifier.effective_weight()[sky].detach()
+    assert not torch.allclose(learned, net.classifier.weight[sky])  # not the text embedding
+    p = PlusPredictor(out / "model.pt", device="cpu", clip=str(world / "clip.pt"))
+    trained = p.classifier(list(CLASSES))
+    assert torch.equal(trained.embeddings[sky], learned)
+    other = p.classifier(["grass", "sky", "boat"])  # a new vocabulary: "sky" still scores with its learned row
+    assert torch.allclose(other.embeddings[1], learned) and not torch.allclose(other.embeddings[0], learned)
+    assert run_json_field(out, "learned_background") == "sky"
+
+
+def run_json_field(out, key):
+    return json.loads((out / "run.json").read_text())[key]
