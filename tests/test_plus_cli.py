@@ -371,3 +371,9 @@ def test_learned_background_is_trained_saved_and_scores_its_name(world, tmp_path
 
 def run_json_field(out, key):
     return json.loads((out / "run.json").read_text())[key]
+
+
+def test_a_void_mask_recipe_without_ground_truth_says_how_to_go_on(world, tmp_path, capsys):
+    fails(capsys, train_args(world, tmp_path / "r", "--recipe", "af-context59-rn50", "--iterations", "1"),
+          "--no-gt-ignore-mask")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -240,8 +240,9 @@ def _plan(job: PlusJob, device: str | torch.device | None, progress: bool, is_ma
     _check_mode(job, data, names, unseen, ignore, progress)
     if job.train.mode != "zero-shot" and job.train.gt_ignore_mask:
         if not data.has_labels():
-            raise SettingsError("--gt-ignore-mask needs the ground truth (--labels DIR or --dataset): its void "
-                                "pixels are what is not trained on")
+            raise SettingsError("--gt-ignore-mask (the authors' VOC20/Context-59 recipes set it) needs the ground "
+                                "truth: give --labels DIR or --dataset, or pass --no-gt-ignore-mask to label every "
+                                "pixel")
         if is_main:
             print("[maskclip+] annotation-free with the ground truth's void mask (the authors' VOC20/Context-59 "
                   "configs): void pixels are not trained on, no class label is used", file=sys.stderr)
