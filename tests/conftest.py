@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,19 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 randomize = randomize_
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_unless_asked():
+    """The equivalence tests compare fp32 numerics to 1e-6: "auto" precision (bf16 on CPUs with native bf16)
+    is pinned to fp32 through $MASKCLIP_PRECISION here; tests of the policy itself unset it."""
+    old = os.environ.get("MASKCLIP_PRECISION")
+    os.environ["MASKCLIP_PRECISION"] = "fp32"
+    yield
+    if old is None:
+        os.environ.pop("MASKCLIP_PRECISION", None)
+    else:
+        os.environ["MASKCLIP_PRECISION"] = old
 
 
 @pytest.fixture(scope="module")

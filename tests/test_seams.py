@@ -15,6 +15,7 @@ from maskclip.cli import build_parser, main
 from maskclip.clip.weights import bundled_models
 from maskclip.data.image_io import write_png_atomic
 from maskclip.dense import MaskCLIPConfig, MaskCLIPPredictor
+from maskclip.device import resolve_precision
 from maskclip.eval.loop import evaluate_samples
 from maskclip.eval.metrics import ConfusionMatrix
 from maskclip.predict import Predictor, load_predictor, predictor_identity
@@ -42,7 +43,9 @@ def test_a_bundled_model_carries_its_recommended_settings_everywhere(toy_folder,
     rec = dict(bundled_models()["toy-rn"].recommended)
     templates = list(rec.pop("templates"))
     p = load_predictor("toy-rn", "cpu")
-    assert p.config == MaskCLIPConfig(**rec) and list(p.templates) == templates
+    # the recorded settings are the recommended ones, with the precision this machine runs (auto resolved)
+    assert p.config == replace(MaskCLIPConfig(**rec), dtype=resolve_precision("auto", torch.device("cpu")))
+    assert list(p.templates) == templates
     assert (p.config.readout, p.config.output_stride, p.config.size) == ("value-only", 16, (128, 128))
     assert MaskCLIPPredictor("toy-rn", device="cpu").config == p.config  # the Python API the same way
     assert load_predictor("toy-rn", "cpu", overrides={"readout": "authors"}).config.readout == "authors"

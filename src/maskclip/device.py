@@ -36,4 +36,42 @@ def resolve_device(name: str | torch.device | None, option: str = "--device") ->
     return dev
 
 
-__all__ = ["default_device", "resolve_device"]
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo on Linux); without it
+    bf16 is emulated and can be far slower than fp32."""
+    import functools
+
+    @functools.cache
+    def flags() -> frozenset[str]:
+        try:
+            with open("/proc/cpuinfo") as f:
+                return frozenset(f.read().split())
+        except OSError:
+            return frozenset()
+
+    return bool({"avx512_bf16", "amx_bf16"} & flags())
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str | None:
+    """The autocast dtype ("fp16", "bf16") or None (fp32) that `precision` means on `device`.
+
+    "auto": $MASKCLIP_PRECISION if set, else fp16 on CUDA (what the authors and the successors ran), bf16 on
+    CPUs with native bf16, fp32 elsewhere."""
+    import os
+
+    if precision == "auto":
+        env = os.environ.get("MASKCLIP_PRECISION", "").strip().lower()
+        if env and env != "auto":
+            if env not in PRECISIONS:
+                raise SettingsError(f"MASKCLIP_PRECISION={env!r}: choose one of {', '.join(PRECISIONS)}")
+            return resolve_precision(env, device)
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and native_bf16() else None
+    return None if precision in (None, "fp32") else precision
+
+
+__all__ = ["PRECISIONS", "default_device", "native_bf16", "resolve_device", "resolve_precision"]

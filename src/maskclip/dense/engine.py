@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..clip.model import CLIP, VisionTransformer
+from ..device import resolve_precision
 from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
 from .config import MaskCLIPConfig, with_compat
 from .features import check_readout, dense_features, stride_of
@@ -65,7 +66,9 @@ class MaskCLIP:
 
     def __init__(self, model: CLIP, config: MaskCLIPConfig | None = None, **overrides):
         self.model = model.eval()
-        self.config = with_compat(config or MaskCLIPConfig(), overrides)  # compat="authors": every authors' choice
+        config = with_compat(config or MaskCLIPConfig(), overrides)  # compat="authors": every authors' choice
+        # the precision this machine runs (auto -> fp16 on CUDA, bf16 on native-bf16 CPUs, else fp32), recorded
+        self.config = replace(config, dtype=resolve_precision(config.dtype, self.device))
         self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it (pad "crop", "center")
         self.is_vit = isinstance(model.visual, VisionTransformer)
         check_readout(model, self.config.readout, self.config.output_stride)  # before any image, not per image

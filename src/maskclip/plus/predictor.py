@@ -30,7 +30,7 @@ from ..dense.engine import autocast, label_dtype
 from ..dense.predictor import Prediction, finish_prediction
 from ..dense.preprocess import float_copy, image_view
 from ..dense.text import TextClassifier, build_text_classifier
-from ..device import resolve_device
+from ..device import resolve_device, resolve_precision
 from ..io.cache import TextCache
 from ..normalization import pixel_mean_std
 from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
@@ -201,7 +201,9 @@ class PlusPredictor:
             plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels)
             feats = []
             for batch in window_batches(xs, plan, cfg.window_batch):
-                with autocast(self.device, cfg.dtype if self.device.type == "cuda" else None):
+                # the trained network: reduced precision on CUDA only (its BatchNorm statistics are fp32's)
+                with autocast(self.device, resolve_precision(cfg.dtype, self.device) if self.device.type == "cuda"
+                              else None):
                     feats.append(self.net.features(batch).float())
             out.append(_ScaleFeatures(torch.cat(feats), plan))
         self.features, self.image_size = out, (h, w)
