@@ -1,0 +1,185 @@
+"""Labelling throughput: the package's defaults against a straightforward implementation, in the same run.
+
+    python benchmarks/throughput.py --quick     # 4 CamVid + 4 COCO images, both protocols (~3 min on 2 cores)
+    python benchmarks/throughput.py             # 16 + 16 images
+
+Random ViT-B/16 weights (no real ones can be downloaded here; speed does not depend on them), the shared
+CamVid and COCO images (../shared/data; toy scenes at 512 px when absent). Two protocols: the paper's whole
+image (short side 512) and the successors' slide (short side 336, 224 windows, stride 112). For each:
+
+  package    `label_files` with the defaults (precision auto, batched windows, text embeddings of the
+             vocabulary built once and trimmed to the longest prompt), writing the usual outputs;
+  reference  one image at a time, one window per encoder call, fp32, every prompt at context 77, the same
+             outputs written;
+
+printing images/s of both, their ratio, the share of pixels whose label agrees, each one's peak memory
+(resident set of its own subprocess) and the fraction of this machine's measured GEMM peak (matmul of
+2048 x 2048 in the same precision) that the encoder reaches. Targets (issue #16): ratio >= 3.0 under both
+protocols, encoder >= 70% of its precision's GEMM peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CAMVID = "sky,building,pole,road,pavement,tree,sign symbol,fence,car,pedestrian,bicyclist"
+PROTOCOLS = {"whole": dict(resize="short", size=(512, 512), mode="whole"),
+             "slide": dict(resize="short", size=(336, 336), mode="slide", crop=224, step=112)}
+
+
+def images(n: int, out: Path) -> list[Path]:
+    """n CamVid + n COCO images from ../shared/data, else 2n toy scenes written at 512 px."""
+    cam = sorted((SHARED / "camvid" / "val").glob("*.png"))[:n]
+    coco = sorted((SHARED / "coco-val2017-mini" / "val2017").glob("*.jpg"))[:n]
+    if cam or coco:
+        return cam + coco
+    from PIL import Image
+
+    from maskclip.toyworld.evaluate import heldout_scenes
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, s in enumerate(heldout_scenes(2 * n)):
+        paths.append(out / f"toy{i}.png")
+        Image.fromarray(s.image).resize((512, 512)).save(paths[-1])
+    return paths
+
+
+def gemm_peak(dtype: str, threads: int) -> float:
+    """Measured FLOP/s of a 2048^3 matmul (fp32, or bf16 autocast's bf16 kernels)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+
+
+def vit_flops(tokens: int, width: int = 768, layers: int = 12) -> float:
+    """Multiply-add FLOPs of a ViT-B forward over `tokens` tokens (projections, attention, MLP)."""
+    per_layer = 2 * tokens * (4 * width * width + 8 * width * width) + 2 * 2 * tokens * tokens * width
+    return layers * per_layer
+
+
+def _run(kind: str, protocol: str, paths: list[str], out: str, threads: int, queue) -> None:
+    """One labelling run in its own process (so its peak memory is its own)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from maskclip.annotate import LabelOptions, label_files
+    from maskclip.clip.weights import random_weights
+    from maskclip.dense import MaskCLIPConfig, MaskCLIPPredictor
+    from maskclip.io.layout import OutputLayout
+    from maskclip.vocab import Vocabulary
+
+    clip, info = random_weights("ViT-B/16")
+    settings = dict(PROTOCOLS[protocol])
+    if kind == "reference":
+        settings.update(dtype="fp32", window_batch=1)
+    p = MaskCLIPPredictor(clip, templates="85", config=MaskCLIPConfig(**settings), weights=info)
+    vocab = Vocabulary.of([c.strip() for c in CAMVID.split(",")])
+    t0 = time.perf_counter()
+    if kind == "reference":  # the text side as a straightforward loop would: every prompt at context 77
+        from maskclip.dense import text as text_mod
+
+        real = text_mod.encode_names
+        text_mod.encode_names = lambda m, names, t, **k: real(m, names, t, trim=False)
+    label_files(p, [Path(x) for x in paths], OutputLayout(Path(out)), vocab, {"model": info.name},
+                LabelOptions(progress=False, resume=False))
+    seconds = time.perf_counter() - t0
+    queue.put({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "precision": p.config.dtype or "fp32"})
+
+
+def run_in_process(kind: str, protocol: str, paths: list[Path], out: Path, threads: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_run, args=(kind, protocol, [str(p) for p in paths], str(out), threads, q))
+    proc.start()
+    res = q.get()
+    proc.join()
+    return res
+
+
+def agreement(a: Path, b: Path) -> float:
+    from PIL import Image
+
+    same = total = 0
+    for la in sorted((a / "labels").rglob("*.png")):
+        lb = b / "labels" / la.relative_to(a / "labels")
+        x, y = np.asarray(Image.open(la)), np.asarray(Image.open(lb))
+        same += int((x == y).sum())
+        total += x.size
+    return same / max(total, 1)
+
+
+def tokens_per_image(protocol: str, paths: list[Path]) -> float:
+    """Mean encoder tokens per image under the protocol (windows x patches + class tokens)."""
+    from PIL import Image
+
+    from maskclip.tiling import plan_windows, resized_size
+
+    cfg = PROTOCOLS[protocol]
+    total = 0
+    for p in paths:
+        w, h = Image.open(p).size
+        th, tw = resized_size(h, w, cfg["resize"], cfg["size"])
+        plan = plan_windows(th, tw, cfg["mode"], cfg.get("crop", 224), cfg.get("step", 112), 2 ** 31, 16)
+        for (y1, y2, x1, x2) in plan.windows:
+            total += -(-(y2 - y1) // 16) * -(-(x2 - x1) // 16) + 1
+    return total / len(paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4 + 4 images instead of 16 + 16")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="maskclip-throughput-"))
+    paths = images(4 if args.quick else 16, work / "toy")
+    peaks = {d: gemm_peak(d, args.threads) for d in ("fp32", "bf16")}
+    print(f"{len(paths)} images; GEMM peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+          f"{peaks['bf16'] / 1e9:.0f} GFLOP/s ({args.threads} threads)")
+    rows = {}
+    for protocol in PROTOCOLS:
+        ref = run_in_process("reference", protocol, paths, work / f"{protocol}-ref", args.threads)
+        pkg = run_in_process("package", protocol, paths, work / f"{protocol}-pkg", args.threads)
+        flops = vit_flops(int(tokens_per_image(protocol, paths))) * len(paths)
+        rows[protocol] = {
+            "reference_img_s": len(paths) / ref["seconds"], "package_img_s": len(paths) / pkg["seconds"],
+            "ratio": ref["seconds"] / pkg["seconds"], "agreement": agreement(work / f"{protocol}-ref",
+                                                                              work / f"{protocol}-pkg"),
+            "reference_peak_mb": ref["peak_rss_mb"], "package_peak_mb": pkg["peak_rss_mb"],
+            "package_precision": pkg["precision"],
+            "package_gemm_fraction": flops / pkg["seconds"] / peaks[pkg["precision"] if pkg["precision"] in peaks
+                                                                   else "fp32"],
+            "reference_gemm_fraction": flops / ref["seconds"] / peaks["fp32"]}
+        r = rows[protocol]
+        print(f"{protocol:>5}: reference {r['reference_img_s']:.2f} img/s ({r['reference_peak_mb']:.0f} MB), package "
+              f"{r['package_img_s']:.2f} img/s ({r['package_peak_mb']:.0f} MB, {r['package_precision']}): "
+              f"{r['ratio']:.2f}x, labels agree on {100 * r['agreement']:.2f}% of pixels; encoder at "
+              f"{100 * r['package_gemm_fraction']:.0f}% of the {r['package_precision']} GEMM peak (reference "
+              f"{100 * r['reference_gemm_fraction']:.0f}% of fp32's); target 3.0x: "
+              f"{'met' if r['ratio'] >= 3.0 else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps({"images": len(paths), "gemm_peak": peaks, "protocols": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
