@@ -98,9 +98,13 @@ def _as_numpy(x) -> np.ndarray:
 
 def class_scores(pred: Prediction) -> dict[str, float]:
     """Each class present: its mean probability over the pixels labelled with it (the exports' scores)."""
-    probs, labels = _as_numpy(pred.probs), np.asarray(pred.labels)
-    return {c: round(float(probs[k][labels == k].mean()), 6) for k, c in enumerate(pred.classes[: len(probs)])
-            if (labels == k).any()}
+    probs, labels = _as_numpy(pred.probs), np.asarray(pred.labels, dtype=np.int64)
+    k = len(probs)
+    scored = labels < k  # labels past the probabilities (e.g. "unknown") have no score
+    own = np.take_along_axis(probs, np.where(scored, labels, 0)[None], 0)[0]  # each pixel's own class probability
+    counts = np.bincount(labels[scored], minlength=k)
+    sums = np.bincount(labels[scored], weights=own[scored].astype(np.float64), minlength=k)
+    return {c: round(float(sums[i] / counts[i]), 6) for i, c in enumerate(pred.classes[:k]) if counts[i]}
 
 
 def save_probs(path: Path, probs: np.ndarray) -> None:

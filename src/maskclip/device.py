@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
 from .errors import SettingsError
@@ -39,20 +42,16 @@ def resolve_device(name: str | torch.device | None, option: str = "--device") ->
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+@functools.cache
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo on Linux); without it
-    bf16 is emulated and can be far slower than fp32."""
-    import functools
-
-    @functools.cache
-    def flags() -> frozenset[str]:
-        try:
-            with open("/proc/cpuinfo") as f:
-                return frozenset(f.read().split())
-        except OSError:
-            return frozenset()
-
-    return bool({"avx512_bf16", "amx_bf16"} & flags())
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo on Linux; read once);
+    without it bf16 is emulated and can be far slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str | None:
@@ -60,8 +59,6 @@ def resolve_precision(precision: str | None, device: torch.device) -> str | None
 
     "auto": $MASKCLIP_PRECISION if set, else fp16 on CUDA (what the authors and the successors ran), bf16 on
     CPUs with native bf16, fp32 elsewhere."""
-    import os
-
     if precision == "auto":
         env = os.environ.get("MASKCLIP_PRECISION", "").strip().lower()
         if env and env != "auto":

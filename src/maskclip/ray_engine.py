@@ -17,17 +17,17 @@ from .annotate import BatchReport
 
 
 class _Labeller:
-    """A Ray actor: the command's options -> the predictor, once; a batch of image indices -> labelled."""
+    """A Ray actor: the driver's checked job -> the predictor, once; a batch of image indices -> labelled."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, job):
         import torch
 
-        from .commands.segment import prepare
+        from .commands.segment import load
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        self.args = args
-        self.job, self.predictor, self.meta = prepare(args)
+        self.args, self.job = args, job  # the inputs were scanned and checked once, by the driver
+        self.predictor, self.meta = load(args, job)
 
     def __call__(self, batch: dict) -> dict:
         from .annotate import LabelOptions, label_files
@@ -46,9 +46,9 @@ class _Labeller:
                 "meta": [json.dumps(self.meta)] * len(idx)}
 
 
-def label_with_ray(args: argparse.Namespace, indices: Sequence[int], files: Sequence, names: Sequence[str]
-                   ) -> tuple[BatchReport, dict]:
-    """Label `indices` of the job on Ray (`args.address`, else a local instance); (report, meta)."""
+def label_with_ray(args: argparse.Namespace, job, indices: Sequence[int]) -> tuple[BatchReport, dict]:
+    """Label `indices` of the checked `job` (commands.segment.plan) on Ray (`args.address`, else a local
+    instance); (report, meta)."""
     try:
         import ray
         import ray.data
@@ -63,7 +63,7 @@ def label_with_ray(args: argparse.Namespace, indices: Sequence[int], files: Sequ
     try:
         actors = args.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // args.ray_cpus_per_actor))
         ds = ray.data.from_items([{"index": int(i)} for i in indices]).map_batches(
-            _Labeller, fn_constructor_args=(args,), batch_size=args.ray_batch, concurrency=actors,
+            _Labeller, fn_constructor_args=(args, job), batch_size=args.ray_batch, concurrency=actors,
             num_cpus=args.ray_cpus_per_actor, num_gpus=args.ray_gpus_per_actor)
         rows = sorted(ds.take_all(), key=lambda r: r["index"])
     finally:
@@ -71,7 +71,7 @@ def label_with_ray(args: argparse.Namespace, indices: Sequence[int], files: Sequ
             ray.shutdown()
     report, meta = BatchReport(), {}
     for r in rows:
-        path, name = str(files[r["index"]]), names[r["index"]]
+        path, name = str(job.files[r["index"]]), job.names[r["index"]]
         meta = meta or json.loads(r["meta"])
         if r["status"] == "failed":
             report.failed.append((path, r["error"]))

@@ -178,8 +178,7 @@ def hf_folder_config(weights: Path, sd: dict, quick_gelu: bool) -> CLIPConfig | 
         vision, text = hf.get("vision_config", {}), hf.get("text_config", {})
     except (OSError, ValueError, AttributeError):
         raise WeightsError(f"{cfg}: not a readable Hugging Face CLIP config.json") from None
-    base = config_from_state_dict({k: v for k, v in sd.items() if k not in ("input_resolution", "context_length",
-                                                                            "vocab_size")})
+    base = config_from_state_dict(sd)
     return replace(base, vision_heads=int(vision.get("num_attention_heads", base.heads_visual)),
                    transformer_heads=int(text.get("num_attention_heads", base.transformer_heads)),
                    quick_gelu=quick_gelu and vision.get("hidden_act", "quick_gelu") == "quick_gelu")

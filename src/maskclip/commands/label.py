@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
         job = plan(args)  # every check before the cluster starts; the actors load the model
         mine = list(range(i, len(job.files), n))
-        report, meta = label_with_ray(args, mine, job.files, job.names)
+        report, meta = label_with_ray(args, job, mine)
     else:
         if args.threads:
             import torch

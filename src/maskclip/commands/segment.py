@@ -103,6 +103,11 @@ def plan(args: argparse.Namespace, exclude: tuple[Path, ...] = ()) -> Job:
 def prepare(args: argparse.Namespace):
     """Shared by segment and label: the checked job, the predictor and the metadata every sidecar carries."""
     job = plan(args)
+    return (job, *load(args, job))
+
+
+def load(args: argparse.Namespace, job: Job):
+    """The predictor of a checked job and the metadata every sidecar carries (what each Ray actor runs)."""
     predictor = predictor_from_args(args, job)
     if isinstance(predictor, MaskCLIPPredictor):  # the real context (toy CLIPs have a shorter one than 77)
         job.vocab.check_prompts(resolve_templates(predictor.templates), predictor.model.context_length)
@@ -110,7 +115,7 @@ def prepare(args: argparse.Namespace):
     # what the run really uses: the model's recommended settings with the user's over them; a MaskCLIP+
     # network embeds new names with its checkpoint's templates
     meta = {**ident, "settings": settings_dict(predictor.config), "templates": predictor.templates}
-    return job, predictor, meta
+    return predictor, meta
 
 
 def predictor_from_args(args: argparse.Namespace, job: Job):

@@ -261,29 +261,27 @@ def _run_options(p: argparse.ArgumentParser, d: PlusTrainConfig) -> None:
 # Running
 
 
-def _builtin_values() -> dict[str, Any]:
-    """What the recipe-able options are without a recipe (the paper's defaults)."""
-    d = PlusTrainConfig()
-    return {"dataset": None, "split": "train", "unseen": None, "suppress_unseen": d.suppress_unseen,
-            "mode": d.mode,
-            "target": TargetSpec().name, "learned_background": None, "iterations": d.iterations,
-            "batch_size": d.batch_size, "crop_size": d.crop_size, "scale": d.scale, "lr": d.lr,
-            "weight_decay": d.weight_decay, "self_train_after": d.self_train_after,
-            "self_train_source": d.self_train_source, "self_train_switch": d.switch,
-            "teacher_classes": d.teacher_classes, "loss_norm": d.loss_norm, "gt_ignore_mask": d.gt_ignore_mask,
-            "model": "ViT-B/16"}
-
-
-def _recipe_values(r: Recipe) -> dict[str, Any]:
-    t = r.train_config()
-    return {"dataset": r.dataset, "split": r.split, "unseen": r.unseen, "suppress_unseen": t.suppress_unseen,
-            "mode": r.mode,
-            "target": r.target, "learned_background": r.learned_background, "iterations": t.iterations,
+def _option_values(t: PlusTrainConfig, *, dataset: str | None, split: str, unseen: str | None, target: str,
+                   learned_background: str | None, model: str) -> dict[str, Any]:
+    """The recipe-able options (argparse names) of a schedule and its data, target and teacher CLIP."""
+    return {"dataset": dataset, "split": split, "unseen": unseen, "suppress_unseen": t.suppress_unseen,
+            "mode": t.mode, "target": target, "learned_background": learned_background, "iterations": t.iterations,
             "batch_size": t.batch_size, "crop_size": t.crop_size, "scale": t.scale, "lr": t.lr,
             "weight_decay": t.weight_decay, "self_train_after": t.self_train_after,
             "self_train_source": t.self_train_source, "self_train_switch": t.switch,
             "teacher_classes": t.teacher_classes, "loss_norm": t.loss_norm, "gt_ignore_mask": t.gt_ignore_mask,
-            "model": r.clip}
+            "model": model}
+
+
+def _builtin_values() -> dict[str, Any]:
+    """What the recipe-able options are without a recipe (the paper's defaults)."""
+    return _option_values(PlusTrainConfig(), dataset=None, split="train", unseen=None, target=TargetSpec().name,
+                          learned_background=None, model="ViT-B/16")
+
+
+def _recipe_values(r: Recipe) -> dict[str, Any]:
+    return _option_values(r.train_config(), dataset=r.dataset, split=r.split, unseen=r.unseen, target=r.target,
+                          learned_background=r.learned_background, model=r.clip)
 
 
 def resolve_options(args: argparse.Namespace) -> Recipe | None:

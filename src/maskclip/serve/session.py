@@ -59,13 +59,16 @@ class DemoSession:
     keep: int = 16
     _predictors: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)
+    _examples: list = field(default_factory=list)
     results: OrderedDict = field(default_factory=OrderedDict)
 
-    def examples(self, n: int = 6) -> list[np.ndarray]:
-        """Held-out toy-world scenes, the offline examples."""
-        from ..toyworld.evaluate import heldout_scenes
+    def examples(self) -> list[np.ndarray]:
+        """Held-out toy-world scenes, the offline examples (rendered once per session)."""
+        if not self._examples:
+            from ..toyworld.evaluate import heldout_scenes
 
-        return [s.image for s in heldout_scenes(n, seed=0)]
+            self._examples.extend(s.image for s in heldout_scenes(6, seed=0))
+        return self._examples
 
     def predictor(self, req: Request):
         """The predictor of (model, method, KS, PD, slide), built once."""
