@@ -16,11 +16,15 @@ from maskclip.eval.runner import EvalJob, evaluate, protocol
 
 
 class CountingPredictor(MaskCLIPPredictor):
-    calls = 0
+    calls = 0  # images encoded, one at a time or in batches
 
     def set_image(self, image):
         type(self).calls += 1
         super().set_image(image)
+
+    def predict_batch(self, images, *args, **kwargs):
+        type(self).calls += len(images)
+        return super().predict_batch(images, *args, **kwargs)
 
 
 @pytest.fixture

@@ -19,16 +19,21 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image, write_png_atomic
+from .data.image_io import DEFAULT_MAX_PIXELS, image_size, read_image, write_png_atomic
+from .dense.config import MaskCLIPConfig
+from .dense.engine import PreparedImage, prepare_image, scale_sizes
 from .dense.predictor import Prediction
 from .io.atomic import write_bytes, write_json
 from .io.layout import OutputLayout, output_names
+from .pipeline import BackgroundWriter, Failed, PipelineOptions, batches, prefetched
 from .render import label_counts, label_palette, labelled_heatmap, overlay_with_legend
 from .tiling import resized_size
 from .vocab import Vocabulary
@@ -163,22 +168,21 @@ class LabelOptions:
     class_scores: bool = False  # the sidecar's "class_scores": each class's mean probability over its pixels
 
 
-def working_size(predictor, size: tuple[int, int]) -> tuple[int, int] | None:
-    """The largest size the predictor resizes an image of `size` to (None: it keeps the image as it is)."""
-    cfg = predictor.config
-    if cfg.resize == "none":
+def working_size(config: Any, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The largest size a MaskCLIP config resizes an image of `size` to (None: the image is kept as it is, or
+    the predictor resizes otherwise)."""
+    if not isinstance(config, MaskCLIPConfig) or config.resize == "none":
         return None
-    sizes = [cfg.size] if not cfg.scales else [(v, v) for v in cfg.scales]
-    return max((resized_size(*size, cfg.resize, s) for s in sizes), key=lambda t: t[0] * t[1])
+    return max((resized_size(*size, config.resize, s) for s in scale_sizes(config)), key=lambda t: t[0] * t[1])
 
 
-def read_input(path: Path, predictor, opts: LabelOptions) -> tuple[np.ndarray, tuple[int, int]]:
+def read_input(path: Path, config: Any, opts: LabelOptions) -> tuple[np.ndarray, tuple[int, int]]:
     """The image and its full size. A JPEG of more than `reduced_decode_pixels` is decoded at the smallest DCT
-    scale still at least the predictor's working size (up to 64x less memory; its labels are brought back to
-    the full size); ordinary photos are decoded in full, as the authors' pipeline does."""
+    scale still at least the predictor's working size (`config`; up to 64x less memory; its labels are brought
+    back to the full size); ordinary photos are decoded in full, as the authors' pipeline does."""
     size = image_size(path)
     big = size[0] * size[1] > opts.reduced_decode_pixels
-    work = working_size(predictor, size) if big else None
+    work = working_size(config, size) if big else None
     return read_image(path, max_pixels=opts.max_image_pixels, reduce_to=work), size
 
 
@@ -191,50 +195,150 @@ def full_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[(np.arange(size[0]) * h // size[0])][:, (np.arange(size[1]) * w // size[1])]
 
 
+@dataclass(frozen=True)
+class Job:
+    """One input to label: its file, output name, source identity and mask file (region predictors)."""
+
+    path: Path
+    name: str
+    source: dict
+    mask_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A job's decoded inputs: the image, the file's full size, its masks, the encoder's input (or None)."""
+
+    image: np.ndarray
+    size: tuple[int, int]
+    masks: Any = None
+    prepared: PreparedImage | None = None
+
+
+@dataclass(frozen=True)
+class InputReader:
+    """Reads a job's inputs; picklable, so that DataLoader workers run it while the model works."""
+
+    config: Any  # the predictor's settings: its working size bounds a reduced decode
+    opts: LabelOptions
+    prepare: bool = False  # also make the encoder's input (predictors with `predict_batch`)
+
+    def __call__(self, job: Job) -> Loaded:
+        image, size = read_input(job.path, self.config, self.opts)
+        masks = None
+        if job.mask_path is not None:
+            from .regions.mask_io import read_masks
+
+            masks = read_masks(job.mask_path, image.shape[:2], job.path.name, self.opts.max_masks)
+        return Loaded(image, size, masks, prepare_image(image, self.config) if self.prepare else None)
+
+
+def predict_loaded(predictor, loaded: Sequence[Loaded], vocab: Vocabulary, return_probs: bool
+                   ) -> list[tuple[Prediction | None, str | None, float]]:
+    """(prediction, error, seconds) of each input: one batch through `predict_batch` where the predictor has
+    it, else (or if the batch raises a ValueError) one at a time, each failure its own."""
+    t0 = time.perf_counter()
+    if len(loaded) > 1 and all(x.prepared is not None for x in loaded):
+        try:
+            preds = predictor.predict_batch([x.prepared for x in loaded], vocab, return_probs=return_probs)
+            return [(p, None, (time.perf_counter() - t0) / len(loaded)) for p in preds]
+        except ValueError:
+            pass  # find the input that fails, alone
+    out = []
+    for x in loaded:
+        t0 = time.perf_counter()
+        try:
+            if x.masks is not None:
+                predictor.set_image(x.image, masks=x.masks)
+            else:
+                predictor.set_image(x.image)
+            out.append((predictor.predict(vocab, return_probs=return_probs), None, time.perf_counter() - t0))
+        except ValueError as err:
+            out.append((None, str(err), 0.0))
+    return out
+
+
+def pending_jobs(files: Sequence[Path], names: Sequence[str], layout: OutputLayout, key: str, opts: LabelOptions,
+                 masks_for: Callable[[Path, str], Path] | None, n_heat: int, report: BatchReport) -> list[Job]:
+    """The inputs still to label; those an earlier run finished (`is_finished`) go to report.skipped."""
+    jobs = []
+    for path, name in zip(files, names):
+        try:
+            mask_path = masks_for(path, name) if masks_for is not None else None
+            source = source_id(path) | ({"masks": source_id(mask_path)} if mask_path is not None else {})
+        except (OSError, ValueError) as err:
+            report.failed.append((str(path), str(err)))
+            continue
+        if opts.resume and is_finished(layout, name, source, key, n_heat, opts.save_probs, opts.class_scores):
+            report.skipped.append(str(path))
+            report.done_names.append(name)
+        else:
+            jobs.append(Job(path, name, source, mask_path))
+    return jobs
+
+
 def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: Vocabulary, meta: dict,
                 opts: LabelOptions = LabelOptions(), names: Sequence[str] | None = None,
-                masks_for: Callable[[Path, str], Path] | None = None) -> BatchReport:
+                masks_for: Callable[[Path, str], Path] | None = None,
+                pipeline: PipelineOptions = PipelineOptions()) -> BatchReport:
     """Segment `files` into `layout`. `meta` (model, settings) goes into every sidecar and keys resumption.
 
     `names`: output names (default `output_names(files)`; pass the whole collection's names when
     labelling a shard of it, so that every shard agrees). `masks_for(image, name)`: the mask file of each
     image for a region predictor (`maskclip.regions`): read at the image's size, part of the source identity.
+    `pipeline`: decoding workers, batch budget and background writes (`maskclip.pipeline`); the files written
+    do not depend on it.
     """
     names = list(names) if names is not None else output_names(files)
     key = run_key(meta, vocab)
-    n_heat = len(vocab.names) if opts.heatmaps else 0  # one heat map per scored class
     report = BatchReport()
-    bar = tqdm(list(zip(files, names)), desc="segment", unit="img", disable=not opts.progress)
-    for path, name in bar:
-        try:
-            mask_path = masks_for(path, name) if masks_for is not None else None
-            source = source_id(path) | ({"masks": source_id(mask_path)} if mask_path is not None else {})
-            if opts.resume and is_finished(layout, name, source, key, n_heat, opts.save_probs, opts.class_scores):
-                report.skipped.append(str(path))
-                report.done_names.append(name)
-                continue
-            image, size = read_input(path, predictor, opts)
-            t0 = time.perf_counter()
-            if mask_path is not None:
-                from .regions.mask_io import read_masks
+    n_heat = len(vocab.names) if opts.heatmaps else 0  # one heat map per scored class
+    jobs = pending_jobs(files, names, layout, key, opts, masks_for, n_heat, report)
+    bar = tqdm(total=len(files), initial=len(files) - len(jobs), desc="segment", unit="img",
+               disable=not opts.progress)
+    batched = masks_for is None and hasattr(predictor, "predict_batch")
+    reader = InputReader(predictor.config, opts, prepare=batched)
+    stream = prefetched(jobs, reader, pipeline.workers, pipeline.prefetch)
+    return_probs = opts.heatmaps or opts.save_probs or opts.class_scores
 
-                predictor.set_image(image, masks=read_masks(mask_path, image.shape[:2], path.name, opts.max_masks))
-            else:
-                predictor.set_image(image)
-            pred = predictor.predict(vocab, return_probs=opts.heatmaps or opts.save_probs or opts.class_scores)
-            labels = full_size(pred.labels, size)
-            seconds = time.perf_counter() - t0
-            extra = {"decoded_size": list(image.shape[:2])} if labels.shape != image.shape[:2] else {}
-            write_outputs(layout, name, image, pred, {**meta, "image": str(path), "source": source, **extra,
-                                                      "settings_key": key, "seconds": round(seconds, 4)},
-                          opts.heatmaps, labels, opts.save_probs, opts.class_scores)
-            report.written.append(str(path))
-            report.done_names.append(name)
-        except (ImageReadError, OSError, ValueError) as err:
-            report.failed.append((str(path), str(err)))
-            bar.write(f"skipped {path}: {err}")
+    def done(job: Job, err: BaseException | None) -> None:
+        if err is None:
+            report.written.append(str(job.path))
+            report.done_names.append(job.name)
+        else:
+            report.failed.append((str(job.path), str(err)))
+            bar.write(f"skipped {job.path}: {err}")
+        bar.update(1)
+
+    with BackgroundWriter(pipeline.pending_writes) as writer:
+        for batch in batches(stream, pipeline.batch_images if batched else 1, pipeline.batch_pixels, _pixels):
+            ok = [(job, x) for job, x in batch if not isinstance(x, Failed)]
+            for job, x in batch:
+                if isinstance(x, Failed):
+                    done(job, ValueError(x.error))
+            for (job, x), (pred, err, seconds) in zip(ok, predict_loaded(predictor, [x for _, x in ok], vocab,
+                                                                         return_probs)):
+                if err is not None:
+                    done(job, ValueError(err))
+                    continue
+                writer.submit(partial(_write, layout, job, x, pred, meta, key, seconds, opts), partial(done, job))
+    bar.close()
     return report
 
 
-__all__ = ["BatchReport", "LabelOptions", "decodes", "full_size", "is_finished", "label_files", "output_names",
-           "read_input", "run_key", "settings_key", "source_id", "write_outputs"]
+def _pixels(x: Loaded | Failed) -> int:
+    return 0 if isinstance(x, Failed) else int(x.image.shape[0] * x.image.shape[1])
+
+
+def _write(layout: OutputLayout, job: Job, x: Loaded, pred: Prediction, meta: dict, key: str, seconds: float,
+           opts: LabelOptions) -> None:
+    labels = full_size(pred.labels, x.size)
+    extra = {"decoded_size": list(x.image.shape[:2])} if labels.shape != x.image.shape[:2] else {}
+    write_outputs(layout, job.name, x.image, pred, {**meta, "image": str(job.path), "source": job.source, **extra,
+                                                    "settings_key": key, "seconds": round(seconds, 4)},
+                  opts.heatmaps, labels, opts.save_probs, opts.class_scores)
+
+
+__all__ = ["BatchReport", "InputReader", "Job", "LabelOptions", "Loaded", "PipelineOptions", "decodes", "full_size",
+           "is_finished", "label_files", "output_names", "pending_jobs", "predict_loaded", "read_input", "run_key",
+           "settings_key", "source_id", "write_outputs"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .annotate import BatchReport
 
@@ -31,13 +32,16 @@ class _Labeller:
 
     def __call__(self, batch: dict) -> dict:
         from .annotate import LabelOptions, label_files
+        from .commands.common import pipeline_from_args
 
         a, job = self.args, self.job
         idx = [int(i) for i in batch["index"]]
         report = label_files(self.predictor, [job.files[i] for i in idx], job.layout, job.vocab, self.meta,
                              LabelOptions(a.heatmaps, not a.no_resume, False, a.max_image_pixels,
                                           save_probs=a.save_probs, class_scores=bool(a.export)),
-                             names=[job.names[i] for i in idx])
+                             names=[job.names[i] for i in idx],
+                             # Ray streams the inputs; no worker processes forked inside an actor
+                             pipeline=replace(pipeline_from_args(a), workers=0))
         failed = dict(report.failed)
         written = set(report.written)
         status = ["failed" if str(job.files[i]) in failed else "written" if str(job.files[i]) in written

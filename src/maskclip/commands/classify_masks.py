@@ -22,6 +22,7 @@ from .common import (
     bounded_int,
     config_overrides,
     fraction,
+    pipeline_from_args,
 )
 from .segment import plan, predictor_from_args, summary
 
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     opts = LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
                         # masks: the full size
                         reduced_decode_pixels=2 ** 62, max_masks=args.max_masks, save_probs=args.save_probs)
-    report = label_files(predictor, job.files, job.layout, job.vocab, meta, opts, names=job.names, masks_for=finder)
+    report = label_files(predictor, job.files, job.layout, job.vocab, meta, opts, names=job.names, masks_for=finder,
+                         pipeline=pipeline_from_args(args))
     print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0

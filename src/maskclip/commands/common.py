@@ -16,6 +16,7 @@ from ..dense.config import MaskCLIPConfig
 from ..dense.methods import METHODS, method_preset
 from ..device import resolve_device  # noqa: F401 - the commands' one device check
 from ..errors import SettingsError
+from ..pipeline import PipelineOptions
 from .options import add_config_options, bounded_int, config_overrides, fraction, positive_float  # noqa: F401
 
 
@@ -91,7 +92,26 @@ def add_batch_options(p: argparse.ArgumentParser, heatmaps: str = "also write a 
                    help="recompute images whose outputs already exist with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_image_options(p)
+    add_pipeline_options(p)
     add_vocabulary_options(p)
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """The batched pipeline's budget (`maskclip.pipeline`): the outputs do not depend on it, memory and speed do."""
+    d = PipelineOptions()
+    g = p.add_argument_group("pipeline (speed and memory; the outputs do not depend on it)")
+    g.add_argument("--workers", type=bounded_int(0, 64), default=d.workers, metavar="N",
+                   help=f"processes decoding the next images while the model runs (0: none; default {d.workers})")
+    g.add_argument("--batch-images", type=bounded_int(1, 1024), default=d.batch_images, metavar="N",
+                   help=f"images encoded together, their windows sharing encoder passes of --window-batch windows "
+                        f"(default {d.batch_images})")
+    g.add_argument("--batch-pixels", type=bounded_int(1, 2 ** 40), default=d.batch_pixels, metavar="N",
+                   help=f"at most this many decoded input pixels in one batch (bounds memory; an image over it goes "
+                        f"alone; default {d.batch_pixels})")
+
+
+def pipeline_from_args(args: argparse.Namespace) -> PipelineOptions:
+    return PipelineOptions(workers=args.workers, batch_images=args.batch_images, batch_pixels=args.batch_pixels)
 
 
 def add_export_option(p: argparse.ArgumentParser) -> None:

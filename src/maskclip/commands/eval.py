@@ -16,9 +16,11 @@ from .classify_masks import region_config, region_predictor
 from .common import (
     add_maskclip_options,
     add_model_options,
+    add_pipeline_options,
     bounded_int,
     fraction,
     overrides_from_args,
+    pipeline_from_args,
     resolve_device,
     templates_from_arg,
 )
@@ -73,6 +75,7 @@ def folder_options(args: argparse.Namespace) -> dict:
 def add_eval_options(p: argparse.ArgumentParser, datasets) -> None:
     p.add_argument("--dataset", required=True, help=f"benchmark name: {', '.join(sorted(datasets))}")
     p.add_argument("--root", required=True, type=Path, help="dataset root directory (MMSegmentation layouts)")
+    add_pipeline_options(p)
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--classes", default=None,
                    help="for --dataset folder: class names ('a,b,c') or a class file, in label-id order")
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                                                        unseen=unseen, progress=not args.quiet,
                                                        classes=proto.classes if proto else None,
                                                        display=proto.display if proto else None,
-                                                       masks_dir=masks_dir))
+                                                       masks_dir=masks_dir, pipeline=pipeline_from_args(args)))
     m = report.metrics
     line = f"{dataset.name}: mIoU {pct(m['mIoU'])}  pAcc {pct(m['pAcc'])}  mAcc {pct(m['mAcc'])}"
     if "hIoU" in m:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_batch_options, add_export_option, add_maskclip_options, add_model_options
+from .common import add_batch_options, add_export_option, add_maskclip_options, add_model_options, pipeline_from_args
 
 EPILOG = """examples:
   maskclip label images/ --classes context59 --out pseudo/            (a packaged class list by name)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         report = label_files(predictor, [job.files[j] for j in mine], job.layout, job.vocab, meta,
                              LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
                                           save_probs=args.save_probs, class_scores=bool(args.export)),
-                             names=[job.names[j] for j in mine])
+                             names=[job.names[j] for j in mine], pipeline=pipeline_from_args(args))
     done = set(report.done_names)
     lay = job.layout
     entries = [{"image": str(job.files[j]), "label": lay.relative(lay.label(job.names[j])),

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from .common import pipeline_from_args
 from .eval import add_eval_options, prepare
 
 EPILOG = """examples:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "robustness" / f"{dataset.name}-{settings['protocol']}"
     job = EvalJob(settings, bg, limit=args.limit, unseen=unseen, progress=not args.quiet,
                   classes=proto.classes if proto else None, display=proto.display if proto else None,
-                  masks_dir=masks_dir)
+                  masks_dir=masks_dir, pipeline=pipeline_from_args(args))
     clean = evaluate(predictor, dataset, out / "clean", replace(job, save_vis=args.save_vis))
     results: dict[str, dict[int, float]] = {"none": {0: clean.metrics["mIoU"]}}
     for name in names:

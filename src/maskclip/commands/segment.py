@@ -24,6 +24,7 @@ from .common import (
     add_model_options,
     method_base,
     overrides_from_args,
+    pipeline_from_args,
     resolve_device,
     templates_from_arg,
 )
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     report = label_files(predictor, job.files, job.layout, job.vocab, meta,
                          LabelOptions(args.heatmaps, not args.no_resume, not args.quiet, args.max_image_pixels,
                                       save_probs=args.save_probs, class_scores=bool(args.export)),
-                         names=job.names)
+                         names=job.names, pipeline=pipeline_from_args(args))
     print(summary(report, job), file=sys.stderr if report.failed else sys.stdout)
     export_after(args, job)
     return 1 if report.failed else 0

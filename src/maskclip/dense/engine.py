@@ -61,6 +61,38 @@ def autocast(device: torch.device, dtype: str | None):
     return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
 
 
+@dataclass
+class PreparedImage:
+    """An image as the encoder takes it: normalised, resized to each scale's working size ([1, 3, h, w] each, or
+    [N, 3, h, w] for a normalised batch). Made where it is cheap (a DataLoader worker), encoded later together
+    with other images (`MaskCLIP.encode_batch`)."""
+
+    scales: list[torch.Tensor]
+    image_size: tuple[int, int]
+
+
+def scale_sizes(cfg: MaskCLIPConfig) -> list[tuple[int, int]]:
+    """The working size of every scale: `size`, or one square per `scales` entry."""
+    return [tuple(cfg.size)] if not cfg.scales else [(s, s) for s in cfg.scales]
+
+
+def prepare_image(image: np.ndarray | torch.Tensor, cfg: MaskCLIPConfig, device: torch.device | None = None,
+                  normalized: bool = False) -> PreparedImage:
+    """The normalised input at every scale's size: one float copy normalised in place (the uint8 image is moved
+    to `device` as it is, a quarter of the bytes of floats), then resized (`cfg.interpolation`)."""
+    x = image if normalized else image_view(image, copy_readonly=False)
+    x = x.to(device or torch.device("cpu"))
+    if not normalized:
+        x = normalize_(float_copy(x), cfg.normalize)
+    h, w = x.shape[-2:]
+    scales = []
+    for size in scale_sizes(cfg):
+        th, tw = resized_size(h, w, cfg.resize, size)
+        same = (th, tw) == (h, w)
+        scales.append(x if same else F.interpolate(x, size=(th, tw), mode=cfg.interpolation, align_corners=False))
+    return PreparedImage(scales, (int(h), int(w)))
+
+
 class MaskCLIP:
     """A frozen CLIP turned into a segmenter. `encode` once per image, `decode` per vocabulary."""
 
@@ -84,20 +116,25 @@ class MaskCLIP:
 
         Memory: the image is moved to the device as it is (uint8: a quarter of the bytes of floats), then
         one float copy is normalised in place (not three full-size float images at once)."""
+        return self.encode_batch([prepare_image(image, self.config, self.device, normalized)])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, images: Sequence[PreparedImage | np.ndarray]) -> list[ImageFeatures]:
+        """Dense features of several images (RGB arrays, or `prepare_image`'s output made elsewhere, e.g. in a
+        DataLoader worker): windows of the same padded shape share encoder passes of at most `window_batch`
+        windows, so small images fill the batch; each image gets the windows, plans and guide `encode` gives it."""
         cfg = self.config
-        x = image if normalized else image_view(image, copy_readonly=False)
-        x = x.to(self.device)
-        if not normalized:
-            x = normalize_(float_copy(x), cfg.normalize)
-        h, w = x.shape[-2:]
-        sizes = [cfg.size] if not cfg.scales else [(s, s) for s in cfg.scales]
-        scales, guide = [], None
+        prepared = [p if isinstance(p, PreparedImage) else prepare_image(p, cfg, self.device) for p in images]
+        per_image: list[list[ScaleFeatures]] = [[] for _ in prepared]
         with authors_vit_ops(self.model.visual, self.is_vit and cfg.vit_ops == "authors"):
-            for i, size in enumerate(sizes):
-                sf, resized = self._encode_scale(x, size)
-                scales.append(sf)
-                guide = resized if cfg.pamr and i == 0 else guide
-        return ImageFeatures(scales, (h, w), cfg, guide)
+            for s in range(len(prepared[0].scales) if prepared else 0):
+                xs = [p.scales[s].to(self.device) for p in prepared]
+                plans = [plan_windows(*x.shape[-2:], cfg.mode, cfg.crop, cfg.step, cfg.max_pixels,
+                                      self._pad_multiple()) for x in xs]
+                for j, (f, k) in enumerate(self._encode_windows(xs, plans)):
+                    per_image[j].append(ScaleFeatures(f, k, plans[j]))
+        return [ImageFeatures(sc, p.image_size, cfg, p.scales[0].to(self.device) if cfg.pamr else None)
+                for sc, p in zip(per_image, prepared)]
 
     def _pad_multiple(self) -> int:
         """What windows are padded to: the grid stride, or 1 where the encoder floors (pad "floor"; a ResNet
@@ -106,22 +143,36 @@ class MaskCLIP:
         floors = pad == "floor" or (pad == "stretch" and not self.is_vit)
         return 1 if floors else self.grid_stride
 
-    def _encode_scale(self, x: torch.Tensor, size: Sequence[int]) -> tuple[ScaleFeatures, torch.Tensor]:
+    def _encode_windows(self, xs: list[torch.Tensor], plans: list[WindowPlan]
+                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(feats, keys) of every window of each resized image, in the plan's order; windows of one padded shape
+        are batched across images (padding zeros = the mean colour)."""
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for j, (x, plan) in enumerate(zip(xs, plans)):
+            for win in window_batches(x, plan, 1, self.config.pad == "center"):
+                groups.setdefault(plan.padded, []).append((j, win))
+        feats: list[list[torch.Tensor]] = [[] for _ in xs]
+        keys: list[list[torch.Tensor]] = [[] for _ in xs]
+        step = self.config.window_batch
+        for items in groups.values():
+            for start in range(0, len(items), step):
+                chunk = items[start:start + step]
+                f, k = self._encoder_pass(torch.cat([w for _, w in chunk]))
+                row = 0
+                for j, w in chunk:
+                    feats[j].append(f[row:row + len(w)])
+                    if k is not None:
+                        keys[j].append(k[row:row + len(w)])
+                    row += len(w)
+        return [(torch.cat(f), torch.cat(k) if k else None) for f, k in zip(feats, keys)]
+
+    def _encoder_pass(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One encoder call at the configured precision: L2-normalised features and keys, both fp32."""
         cfg = self.config
-        th, tw = resized_size(*x.shape[-2:], cfg.resize, size)
-        if (th, tw) != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=(th, tw), mode=cfg.interpolation, align_corners=False)
-        plan = plan_windows(th, tw, cfg.mode, cfg.crop, cfg.step, cfg.max_pixels, self._pad_multiple())
-        feats, keys = [], []
-        centre = cfg.pad == "center"
-        for batch in window_batches(x, plan, cfg.window_batch, centre):  # padding zeros = the mean colour
-            with autocast(self.device, cfg.dtype):
-                out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
-                                     cfg.naclip_sigma)
-            feats.append(F.normalize(out.feats.float(), dim=1))
-            if cfg.ks:
-                keys.append(out.keys.float())
-        return ScaleFeatures(torch.cat(feats), torch.cat(keys) if cfg.ks else None, plan), x
+        with autocast(self.device, cfg.dtype):
+            out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
+                                 cfg.naclip_sigma)
+        return F.normalize(out.feats.float(), dim=1), out.keys.float() if cfg.ks else None
 
     # ---- text side --------------------------------------------------------------------------------
     def grid_scores(self, feats: torch.Tensor, keys: torch.Tensor | None, classifier: TextClassifier) -> torch.Tensor:
@@ -262,4 +313,5 @@ class MaskCLIP:
         return out / len(feats.scales)
 
 
-__all__ = ["ImageFeatures", "MaskCLIP", "MaskCLIPConfig", "ScaleFeatures", "autocast", "label_dtype"]
+__all__ = ["ImageFeatures", "MaskCLIP", "MaskCLIPConfig", "PreparedImage", "ScaleFeatures", "autocast", "label_dtype",
+           "prepare_image", "scale_sizes"]

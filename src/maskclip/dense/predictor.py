@@ -16,7 +16,7 @@ from ..device import resolve_device
 from ..io.cache import TextCache
 from ..vocab import BACKGROUND, UNKNOWN, Vocabulary  # noqa: F401 - BACKGROUND, UNKNOWN re-exported
 from .config import MaskCLIPConfig
-from .engine import ImageFeatures, MaskCLIP
+from .engine import ImageFeatures, MaskCLIP, PreparedImage, prepare_image
 from .text import TextClassifier, build_text_classifier
 
 
@@ -108,6 +108,25 @@ class MaskCLIPPredictor:
         """
         self.features = None  # a refused image leaves no stale features behind
         self.features = self.engine.encode(as_rgb_uint8(image, value_range))
+
+    def prepare(self, image: Any, value_range: str | None = None) -> PreparedImage:
+        """The encoder's input for `image` on the CPU (`set_image`'s rules), for a DataLoader worker to make
+        while the model runs (`predict_batch` takes it)."""
+        return prepare_image(as_rgb_uint8(image, value_range), self.config)
+
+    def predict_batch(self, images: list[Any], classes: list[str | list[str]] | Vocabulary,
+                      background: list[str] | None = None, threshold: float | None = None,
+                      return_probs: bool = True) -> list[Prediction]:
+        """`set_image` + `predict` for several images, their windows sharing encoder passes (RGB arrays as
+        `set_image` takes them, or `prepare`'s output); the predictions are those of one image at a time.
+        The last image stays set."""
+        self.features = None
+        feats = self.engine.encode_batch([im if isinstance(im, PreparedImage) else as_rgb_uint8(im) for im in images])
+        preds = []
+        for f in feats:
+            self.features = f
+            preds.append(self.predict(classes, background, threshold, return_probs))
+        return preds
 
     def classifier(self, classes: list[str | list[str]] | Vocabulary) -> TextClassifier:
         """The text classifier of the scored classes (kept per vocabulary: asking again costs nothing)."""

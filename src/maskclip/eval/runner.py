@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from tqdm import tqdm
 from ..annotate import settings_key
 from ..data.datasets import SegDataset
 from ..data.image_io import write_png_atomic
+from ..dense.engine import prepare_image
+from ..pipeline import BackgroundWriter, Failed, PipelineOptions, prefetched
 from ..render import label_palette, panel
 from ..vocab import Vocabulary
 from .loop import Corruption, Evaluated, evaluate_samples
@@ -44,6 +47,7 @@ class EvalJob:
     checkpoint_every: int = 10
     progress: bool = True
     masks_dir: Path | None = None  # region classification: a mask file per image, named as the images
+    pipeline: PipelineOptions = PipelineOptions()  # decoding workers, batch budget, background writes
 
     def masks_for(self, dataset: SegDataset):
         """(index, name, image) -> the MaskSet of that image from `masks_dir` (None without one)."""
@@ -80,16 +84,33 @@ def vocabulary_of(dataset: SegDataset, bg_threshold: float | None, classes: list
     return replace(vocab, display=tuple(display)) if display else vocab
 
 
-def _samples(dataset: SegDataset, todo: list[int], failures: list, bar) -> Iterator[tuple]:
-    for i in todo:
+@dataclass(frozen=True)
+class SampleReader:
+    """Reads sample i of a dataset, corrupts it and makes the encoder's input: picklable, for DataLoader
+    workers that run while the model works."""
+
+    dataset: SegDataset
+    corruption: Corruption | None
+    config: object | None  # a MaskCLIP config: also prepare the encoder's input (None: do not)
+
+    def __call__(self, i: int) -> tuple:
+        sample = self.dataset[i]
+        image = self.corruption(sample.image, i) if self.corruption is not None else sample.image
+        prepared = (prepare_image(image, self.config),) if self.config is not None else ()
+        return (image, sample.label, *prepared)
+
+
+def _samples(dataset: SegDataset, todo: list[int], failures: list, bar, job: EvalJob, config) -> Iterator[tuple]:
+    """(index, name, corrupted image, label[, prepared input]), read `job.pipeline.workers` processes ahead."""
+    reader = SampleReader(dataset, job.corruption, config)
+    for i, got in prefetched(todo, reader, job.pipeline.workers, job.pipeline.prefetch):
         name = dataset.refs[i].name
-        try:
-            sample = dataset[i]
-        except (OSError, ValueError) as err:
-            failures.append((name, str(err)))
-            bar.write(f"skipped {name}: {err}")
+        if isinstance(got, Failed):
+            failures.append((name, got.error))
+            bar.write(f"skipped {name}: {got.error}")
+            bar.update(1)
             continue
-        yield i, name, sample.image, sample.label
+        yield (i, name, *got)
 
 
 def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None = None) -> EvalReport:
@@ -107,25 +128,33 @@ def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None 
     failures: list[tuple[str, str]] = []
     colors = label_palette(dataset.class_names)
     bar = tqdm(total=n, initial=len(done), desc=f"eval {dataset.name}", unit="img", disable=not job.progress)
+    writer = BackgroundWriter(job.pipeline.pending_writes)
 
     def finished(e: Evaluated) -> None:
         state.seconds += e.seconds
         state.done.append(e.name)
         if e.index < job.save_vis:
-            write_png_atomic(out_dir / "vis" / f"{e.index:05d}_{e.name}.png",
-                             panel(e.image, e.label, e.pred, dataset.class_names, colors, dataset.ignore_index))
+            writer.submit(partial(_write_panel, out_dir / "vis" / f"{e.index:05d}_{e.name}.png", e, dataset, colors),
+                          lambda err: err and failures.append((e.name, f"vis panel: {err}")))
         if len(state.done) % job.checkpoint_every == 0:
             store.save(state)
         bar.update(1)
 
     todo = [i for i in range(n) if names[i] not in done]
-    evaluate_samples(predictor, _samples(dataset, todo, failures, bar), vocab, state.confusion, job.corruption,
-                     finished, job.masks_for(dataset), failures)
+    masks_for = job.masks_for(dataset)
+    prepare = masks_for is None and job.pipeline.batch_images > 1 and hasattr(predictor, "predict_batch")
+    with writer:
+        evaluate_samples(predictor, _samples(dataset, todo, failures, bar, job, predictor.config if prepare else None),
+                         vocab, state.confusion, None, finished, masks_for, failures, job.pipeline.batch_images)
     bar.close()
     store.save(state)
     report = _report(predictor, dataset, job, full, state, failures)
     write_report(out_dir, report)
     return report
+
+
+def _write_panel(path: Path, e: Evaluated, dataset: SegDataset, colors) -> None:
+    write_png_atomic(path, panel(e.image, e.label, e.pred, dataset.class_names, colors, dataset.ignore_index))
 
 
 def _report(predictor, dataset: SegDataset, job: EvalJob, full: dict, state: EvalState,
