@@ -3,8 +3,9 @@
     python benchmarks/precision.py            # both toy CLIPs on 200 held-out scenes + a random ViT-B/16 timing
 
 For each bundled toy CLIP (its recommended MaskCLIP settings): mIoU on held-out scenes with the image
-encoder in fp32 and under bf16 autocast (`--dtype bf16`; the text side, softmax, normalisation and KS stay
-fp32), the mIoU change and the share of pixels whose label is unchanged. Then the time of one whole-image
+encoder in fp32, under bf16 autocast (the text side, softmax, normalisation and KS fp32), and with the text
+encoder under bf16 autocast too (what `--precision auto` runs on a native-bf16 CPU): the mIoU change and the
+share of pixels whose label is unchanged. Then the time of one whole-image
 encoder pass of a random ViT-B/16 at 448 x 448 in both precisions, and whether this CPU has native bf16
 (AVX512-BF16 / AMX), without which bf16 can be far slower than fp32.
 """
@@ -30,12 +31,12 @@ def native_bf16() -> list[str]:
     return sorted(f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags)
 
 
-def labels_of(model, config, scenes) -> np.ndarray:
+def labels_of(model, config, scenes, text_precision: str | None = None) -> np.ndarray:
     from maskclip.dense import MaskCLIP
     from maskclip.toyworld.evaluate import class_classifier, scene_scores
 
     engine = MaskCLIP(model, config)
-    clf = class_classifier(model)
+    clf = class_classifier(model, precision=text_precision)
     out = [scene_scores(engine, [s.image for s in scenes[i:i + 32]], clf).argmax(1).numpy()
            for i in range(0, len(scenes), 32)]
     return np.concatenate(out)
@@ -64,8 +65,10 @@ def toy_rows(n: int) -> list[dict]:
         config = MaskCLIPConfig(**rec)
         a = labels_of(model, config, scenes)
         b = labels_of(model, replace(config, dtype="bf16"), scenes)
-        ma, mb = miou(a, truth, len(CLASSES)), miou(b, truth, len(CLASSES))
-        rows.append({"model": name, "fp32": ma, "bf16": mb, "delta": mb - ma, "agree": float((a == b).mean())})
+        c = labels_of(model, replace(config, dtype="bf16"), scenes, text_precision="bf16")
+        ma, mb, mc = (miou(x, truth, len(CLASSES)) for x in (a, b, c))
+        rows.append({"model": name, "fp32": ma, "bf16": mb, "delta": mb - ma, "agree": float((a == b).mean()),
+                     "bf16_text": mc, "delta_text": mc - ma, "agree_text": float((a == c).mean())})
     return rows
 
 
@@ -95,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"native bf16 on this CPU: {', '.join(native_bf16()) or 'none'}")
-    print("| model | mIoU fp32 | mIoU bf16 | change | pixels with the same label |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | mIoU fp32 | bf16 image encoder: mIoU | change | same label | bf16 image + text encoders: mIoU "
+          "| change | same label |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in toy_rows(args.scenes):
         print(f"| {r['model']} | {100 * r['fp32']:.2f} | {100 * r['bf16']:.2f} | {100 * r['delta']:+.2f} | "
-              f"{100 * r['agree']:.2f}% |")
+              f"{100 * r['agree']:.2f}% | {100 * r['bf16_text']:.2f} | {100 * r['delta_text']:+.2f} | "
+              f"{100 * r['agree_text']:.2f}% |")
     t = timing(args.reps)
     print(f"random ViT-B/16, 448x448 whole image, encoder pass: fp32 {1000 * t['fp32']:.0f} ms, bf16 "
           f"{1000 * t['bf16']:.0f} ms ({t['fp32'] / t['bf16']:.2f}x)")

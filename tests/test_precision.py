@@ -50,6 +50,25 @@ def test_bf16_keeps_the_toy_labels(model):
     scenes = [s.image for s in heldout_scenes(24)]
     clf = class_classifier(clip)
     a = scene_scores(MaskCLIP(clip, config, dtype="fp32"), scenes, clf).argmax(1)
-    b = scene_scores(MaskCLIP(clip, config, dtype="bf16"), scenes, clf).argmax(1)
-    assert float((a == b).float().mean()) >= 0.99
+    b = scene_scores(MaskCLIP(clip, config, dtype="bf16"), scenes, class_classifier(clip, precision="bf16")).argmax(1)
+    assert float((a == b).float().mean()) >= 0.99  # image and text encoders in bf16, as auto runs them
     assert not np.array_equal(a.numpy(), np.zeros_like(a.numpy()))
+
+
+def test_the_text_side_follows_the_policy_with_a_cache_per_precision(tmp_path, monkeypatch):
+    from maskclip.dense import MaskCLIPPredictor
+    from maskclip.dense.text import build_text_classifier
+
+    monkeypatch.setenv("MASKCLIP_CACHE", str(tmp_path))
+    names = ["sky", "grass", "turtle"]
+    fp32 = MaskCLIPPredictor("toy-vit", dtype="fp32")
+    bf16 = MaskCLIPPredictor("toy-vit", dtype="bf16")
+    assert bf16.text_cache.precision == "bf16" and fp32.text_cache.precision is None
+    assert bf16.text_cache.path(("{}",)) != fp32.text_cache.path(("{}",))  # never served the other's embeddings
+    a, b = fp32.classifier(names).embeddings, bf16.classifier(names).embeddings
+    cos = (a * b).sum(-1)
+    assert float(cos.min()) > 0.995 and not torch.equal(a, b)  # reduced, not ignored
+    direct = build_text_classifier(bf16.model, names, bf16.templates, precision="bf16").embeddings
+    torch.testing.assert_close(b, direct, rtol=0, atol=0)  # the cached rows are what bf16 computes
+    again = MaskCLIPPredictor("toy-vit", dtype="bf16").classifier(names).embeddings  # from the bf16 cache file
+    torch.testing.assert_close(again, b, rtol=0, atol=0)

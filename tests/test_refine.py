@@ -56,6 +56,17 @@ def test_key_smoothing_matches_equation_5(form):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_key_smoothing_reassociated_equals_the_similarity_matrix_product():
+    """K (K^T p), as computed, against (K K^T) p with the HW x HW matrix built, at a realistic grid."""
+    g = torch.Generator().manual_seed(0)
+    logits, keys = torch.randn(1, 19, 24, 48, generator=g) * 0.05, torch.randn(1, 64, 24, 48, generator=g)
+    p = torch.softmax(logits * 100, dim=1).reshape(1, 19, -1).transpose(1, 2).double()
+    kk = torch.nn.functional.normalize(keys.reshape(1, 64, -1).transpose(1, 2).double(), dim=-1)
+    want = ((kk @ kk.transpose(1, 2)) @ p).transpose(1, 2).reshape(1, 19, 24, 48)
+    got = key_smoothing(logits, keys, "paper")
+    assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
+
+
 def test_key_smoothing_forms_differ_and_threshold_limits_positions():
     torch.manual_seed(1)
     logits = torch.randn(1, 3, 2, 3) * 0.05

@@ -238,7 +238,7 @@ def predict_loaded(predictor, loaded: Sequence[Loaded], vocab: Vocabulary, retur
     """(prediction, error, seconds) of each input: one batch through `predict_batch` where the predictor has
     it, else (or if the batch raises a ValueError) one at a time, each failure its own."""
     t0 = time.perf_counter()
-    if len(loaded) > 1 and all(x.prepared is not None for x in loaded):
+    if loaded and all(x.prepared is not None for x in loaded):
         try:
             preds = predictor.predict_batch([x.prepared for x in loaded], vocab, return_probs=return_probs)
             return [(p, None, (time.perf_counter() - t0) / len(loaded)) for p in preds]
@@ -291,13 +291,16 @@ def label_files(predictor, files: Sequence[Path], layout: OutputLayout, vocab: V
     """
     names = list(names) if names is not None else output_names(files)
     key = run_key(meta, vocab)
+    pipeline = pipeline.resolve(predictor.device)
     report = BatchReport()
     n_heat = len(vocab.names) if opts.heatmaps else 0  # one heat map per scored class
     jobs = pending_jobs(files, names, layout, key, opts, masks_for, n_heat, report)
     bar = tqdm(total=len(files), initial=len(files) - len(jobs), desc="segment", unit="img",
                disable=not opts.progress)
     batched = masks_for is None and hasattr(predictor, "predict_batch")
-    reader = InputReader(predictor.config, opts, prepare=batched)
+    # the encoder's input made ahead where it is used: by decoding workers, or for batches
+    ahead = batched and (pipeline.workers > 0 or pipeline.batch_images > 1)
+    reader = InputReader(predictor.config, opts, prepare=ahead)
     stream = prefetched(jobs, reader, pipeline.workers, pipeline.prefetch)
     return_probs = opts.heatmaps or opts.save_probs or opts.class_scores
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 
 COMMANDS = ["demo", "segment", "label", "export", "serve", "classify_masks", "eval", "robustness", "train",
-            "train_proposals", "toyworld", "convert_checkpoint"]
+            "train_proposals", "toyworld", "convert_checkpoint", "export_onnx"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -71,4 +72,11 @@ def resolve_precision(precision: str | None, device: torch.device) -> str | None
     return None if precision in (None, "fp32") else precision
 
 
-__all__ = ["PRECISIONS", "default_device", "native_bf16", "resolve_device", "resolve_precision"]
+def autocast(device: torch.device, dtype: str | None):
+    """Autocast to "fp16"/"bf16" on `device`, or nothing (None: fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+
+
+__all__ = ["PRECISIONS", "autocast", "default_device", "native_bf16", "resolve_device", "resolve_precision"]

@@ -10,12 +10,14 @@ written. The outputs are those of one image at a time (`tests/test_pipeline.py`)
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 T = TypeVar("T")
@@ -24,17 +26,29 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    workers: int = 2  # DataLoader worker processes decoding inputs (0: decode in the calling process)
+    """None = what measured fastest for the device (`resolve`): with CUDA, 2 decoding workers and 8 images a
+    batch keep the GPU fed; on a CPU the model's threads already use every core, and on 2 cores decoding
+    workers (0.77 vs 0.93 img/s, slide) and whole-image batches of 4 (0.47 vs 0.61 img/s) were slower than
+    one image at a time (`benchmarks/throughput.py`), so the CPU default is 0 workers, 1 image a batch."""
+
+    workers: int | None = None  # DataLoader worker processes decoding inputs (0: decode in the calling process)
     prefetch: int = 2  # inputs each worker decodes ahead
-    batch_images: int = 4  # images encoded together (their windows share encoder passes)
+    batch_images: int | None = None  # images encoded together (their windows share encoder passes)
     batch_pixels: int = 16_000_000  # and at most this many decoded input pixels per batch
     pending_writes: int = 4  # finished results waiting for the writer thread (0: write in the calling thread)
 
     def __post_init__(self):
-        if self.workers < 0 or self.prefetch < 1 or self.batch_images < 1 or self.batch_pixels < 1 \
-                or self.pending_writes < 0:
+        if (self.workers is not None and self.workers < 0) or self.prefetch < 1 or self.batch_pixels < 1 \
+                or (self.batch_images is not None and self.batch_images < 1) or self.pending_writes < 0:
             raise ValueError("pipeline options: workers and pending_writes >= 0; prefetch, batch_images and "
                              "batch_pixels >= 1")
+
+    def resolve(self, device: torch.device | str) -> PipelineOptions:
+        """The options with every None replaced by the device's default (class docstring)."""
+        gpu = torch.device(device).type == "cuda"
+        return replace(self, workers=(min(2, os.cpu_count() or 1) if gpu else 0) if self.workers is None
+                       else self.workers, batch_images=(8 if gpu else 1) if self.batch_images is None
+                       else self.batch_images)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,11 @@ class MaskCLIPConfig:
         "fp32): auto = fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX; measured safe on the toy "
         "ladder: <= 0.01 mIoU, >= 99.88%% of pixels unchanged), fp32 elsewhere; $MASKCLIP_PRECISION overrides "
         "auto", flag="--precision", aliases=("--dtype",), choices=("auto", "fp32", "fp16", "bf16"), none_as="fp32")
+    backend: Literal["torch", "onnx", "openvino"] = option(
+        "torch", "image encoder runtime: torch, or on the CPU the exported graph (`maskclip export-onnx`, exported "
+        "from the loaded weights in this process, one per window shape) run by ONNX Runtime (fp32; the [onnx] "
+        "extra) or OpenVINO (fp32, or bf16 where --precision resolves to it: on ViT-B/16 here about 1.3x torch "
+        "bf16; the [openvino] extra)", choices=("torch", "onnx", "openvino"))
     output_stride: int | None = option(
         None, "ResNet CLIPs only: read the dense features at output stride 16 or 8 instead of CLIP's 32 (the "
         "paper's): the same weights, a 2x or 4x finer grid a trous (ours)", flag="--dense-stride",
@@ -150,6 +155,7 @@ class MaskCLIPConfig:
         _check_choice(self, "score", ("class-max", "name-softmax"))
         _check_choice(self, "multiscale", ("probs", "mmseg"))
         _check_choice(self, "compat", ("clip", "authors"))
+        _check_choice(self, "backend", ("torch", "onnx", "openvino"))
         if self.area_threshold is not None and not 0 <= self.area_threshold <= 1:
             raise ValueError(f"area_threshold must lie in [0, 1], got {self.area_threshold}")
         if not 1 <= self.pamr_steps <= 100 or not self.pamr_dilations or min(self.pamr_dilations) < 1:

@@ -9,7 +9,6 @@ windows, padding, stitching, scale averaging, memory bounds) is `maskclip.tiling
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip.model import CLIP, VisionTransformer
-from ..device import resolve_precision
+from ..device import autocast, resolve_precision
 from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
 from .config import MaskCLIPConfig, with_compat
 from .features import check_readout, dense_features, stride_of
@@ -52,13 +51,6 @@ class ImageFeatures:
 def label_dtype(num_classes: int) -> torch.dtype:
     """The smallest integer type holding labels 0..num_classes (one past the classes: 'unknown')."""
     return torch.uint8 if num_classes <= 255 else torch.int16 if num_classes <= 32767 else torch.int32
-
-
-def autocast(device: torch.device, dtype: str | None):
-    """Autocast to "fp16"/"bf16" on `device`, or nothing (None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
 
 
 @dataclass
@@ -101,6 +93,11 @@ class MaskCLIP:
         config = with_compat(config or MaskCLIPConfig(), overrides)  # compat="authors": every authors' choice
         # the precision this machine runs (auto -> fp16 on CUDA, bf16 on native-bf16 CPUs, else fp32), recorded
         self.config = replace(config, dtype=resolve_precision(config.dtype, self.device))
+        self._onnx = None
+        if config.backend != "torch":  # before any image: the extra, the device, the precision
+            from ..onnx_backend import check_backend_settings
+
+            self.config = replace(self.config, dtype=check_backend_settings(config.backend, config.dtype, self.device))
         self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it (pad "crop", "center")
         self.is_vit = isinstance(model.visual, VisionTransformer)
         check_readout(model, self.config.readout, self.config.output_stride)  # before any image, not per image
@@ -169,6 +166,12 @@ class MaskCLIP:
     def _encoder_pass(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One encoder call at the configured precision: L2-normalised features and keys, both fp32."""
         cfg = self.config
+        if cfg.backend != "torch":
+            if self._onnx is None:
+                from ..onnx_backend import OnnxEncoder
+
+                self._onnx = OnnxEncoder(self.model, cfg, runtime=cfg.backend, precision=cfg.dtype)
+            return self._onnx(batch)
         with autocast(self.device, cfg.dtype):
             out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
                                  cfg.naclip_sigma)

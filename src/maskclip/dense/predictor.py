@@ -82,7 +82,9 @@ class MaskCLIPPredictor:
         base = config if config is not None else MaskCLIPConfig(**rec)
         self.engine = MaskCLIP(self.model, base, **overrides)
         self.templates = templates if templates is not None else (rec_templates or "85")
-        self.text_cache = TextCache(self.weights.sha256) if self.weights.sha256 else None
+        # the text side follows the image side's precision policy; one cache per precision
+        prec = self.engine.config.dtype
+        self.text_cache = TextCache(self.weights.sha256, precision=prec) if self.weights.sha256 else None
         self.features: ImageFeatures | None = None
         self._classifiers: dict[tuple, TextClassifier] = {}
 
@@ -133,7 +135,8 @@ class MaskCLIPPredictor:
         vocab = Vocabulary.of(classes)
         key = tuple(tuple(c) for c in vocab.scored)
         if key not in self._classifiers:
-            self._classifiers[key] = build_text_classifier(self.model, vocab, self.templates, cache=self.text_cache)
+            self._classifiers[key] = build_text_classifier(self.model, vocab, self.templates, cache=self.text_cache,
+                                                           precision=self.engine.config.dtype)
         return self._classifiers[key]
 
     def predict(self, classes: list[str | list[str]] | Vocabulary, background: list[str] | None = None,

@@ -52,7 +52,7 @@ def neighbourhood_prior(grid: tuple[int, int], sigma: float, device: torch.devic
     rows, cols = grid
     y, x = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
     p = torch.stack([y.flatten(), x.flatten()], dim=1).float()
-    w = torch.exp(-torch.cdist(p, p).pow(2) / (2 * sigma ** 2))
+    w = torch.exp(-(p[:, None] - p[None]).pow(2).sum(-1) / (2 * sigma ** 2))  # exact squared distances
     return F.pad(w, (1, 0, 1, 0))
 
 

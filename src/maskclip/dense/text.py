@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..clip.model import CLIP
 from ..clip.tokenizer import PromptTooLongError, tokenize
+from ..device import autocast
 from ..io.cache import TextCache
 from ..vocab import Vocabulary
 
@@ -94,11 +95,13 @@ class TextClassifier:
 
 @torch.no_grad()
 def encode_names(model: CLIP, names: list[str], templates: tuple[str, ...], batch_size: int = 256,
-                 trim: bool = True) -> torch.Tensor:
+                 trim: bool = True, precision: str | None = None) -> torch.Tensor:
     """[len(names), C] L2-normalised template-averaged embeddings.
 
     Prompts are sorted by token length before batching, so that trimming each batch to its longest
-    prompt (exact under the causal mask) saves most of the 77-token context.
+    prompt (exact under the causal mask) saves most of the 77-token context. `precision` ("bf16", "fp16"):
+    the text encoder under autocast (the engine's resolved policy); the normalisation and the template average
+    stay fp32.
     """
     device = next(model.parameters()).device
     per_name = []
@@ -113,30 +116,33 @@ def encode_names(model: CLIP, names: list[str], templates: tuple[str, ...], batc
     feats = torch.empty(len(tokens), model.embed_dim)
     for start in range(0, len(tokens), batch_size):
         idx = order[start:start + batch_size]
-        out = model.encode_text(tokens[idx].to(device), trim=trim).float()
+        with autocast(device, precision):
+            out = model.encode_text(tokens[idx].to(device), trim=trim).float()
         feats[idx] = F.normalize(out, dim=-1).cpu()
     feats = feats.reshape(len(names), len(templates), -1).mean(dim=1)
     return F.normalize(feats, dim=-1)
 
 
 def build_text_classifier(model: CLIP, classes: list[str | list[str]] | Vocabulary, templates: str | list[str] = "85",
-                          cache: TextCache | None = None) -> TextClassifier:
+                          cache: TextCache | None = None, precision: str | None = None) -> TextClassifier:
     """Text classifier for `classes` (each a name or a list of synonyms; a Vocabulary: its scored classes,
     the background group last).
 
-    With a `cache` (maskclip.io.cache.TextCache of the model's weights) the embeddings are read from and
-    written to disk per (weights, names, templates); without one nothing touches the disk.
+    With a `cache` (maskclip.io.cache.TextCache of the model's weights and this precision) the embeddings are
+    read from and written to disk per (weights, precision, names, templates); without one nothing touches the
+    disk. `precision`: the text encoder's autocast dtype (None: fp32).
     """
     classes = Vocabulary.of(classes).scored
     tmpl = resolve_templates(templates)
     names = [n for c in classes for n in c]
     class_of_name = torch.tensor([i for i, c in enumerate(classes) for _ in c])
     if cache is None:
-        return TextClassifier(encode_names(model, names, tmpl), class_of_name, [c[0] for c in classes])
+        return TextClassifier(encode_names(model, names, tmpl, precision=precision), class_of_name,
+                              [c[0] for c in classes])
     found = cache.lookup(names, tmpl, model.embed_dim)
     missing = [n for n in dict.fromkeys(names) if n not in found]  # only the names never embedded before
     if missing:
-        new = dict(zip(missing, encode_names(model, missing, tmpl).cpu()))
+        new = dict(zip(missing, encode_names(model, missing, tmpl, precision=precision).cpu()))
         cache.store(new, tmpl)
         found.update(new)
     device = next(model.parameters()).device

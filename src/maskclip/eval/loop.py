@@ -96,7 +96,7 @@ def evaluate_samples(predictor, samples: Iterable[tuple], vocab: Vocabulary,
                 failures.append((name, str(err)))
                 continue
             items.append((index, name, image, label, prepared[0] if prepared else image, masks))
-        if batched and items:
+        if items and (batched or all(it[4] is not it[2] for it in items)):  # batches, or inputs made ahead
             results = predict_many(predictor, [it[4] for it in items], vocab)
         else:
             results = [predict_labels(predictor, it[2], vocab, it[5]) for it in items]

@@ -116,6 +116,7 @@ def _samples(dataset: SegDataset, todo: list[int], failures: list, bar, job: Eva
 def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None = None) -> EvalReport:
     """Run the predictor over `dataset` (the first `job.limit` images), resuming from `out_dir/state.json`."""
     job = job or EvalJob()
+    job = replace(job, pipeline=job.pipeline.resolve(predictor.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = vocabulary_of(dataset, job.bg_threshold, job.classes, job.display)
@@ -142,7 +143,8 @@ def evaluate(predictor, dataset: SegDataset, out_dir: Path, job: EvalJob | None 
 
     todo = [i for i in range(n) if names[i] not in done]
     masks_for = job.masks_for(dataset)
-    prepare = masks_for is None and job.pipeline.batch_images > 1 and hasattr(predictor, "predict_batch")
+    pipe = job.pipeline
+    prepare = masks_for is None and hasattr(predictor, "predict_batch") and (pipe.workers > 0 or pipe.batch_images > 1)
     with writer:
         evaluate_samples(predictor, _samples(dataset, todo, failures, bar, job, predictor.config if prepare else None),
                          vocab, state.confusion, None, finished, masks_for, failures, job.pipeline.batch_images)

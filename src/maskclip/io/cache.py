@@ -28,13 +28,16 @@ def cache_dir() -> Path:
 class TextCache:
     """Per-name embeddings of one set of weights and one template set: a vocabulary that shares names with
     an earlier one (a subset, a superset, a reordering) embeds only its new names. One file per (weights,
-    templates), {name: embedding}; a damaged file or entry is recomputed, never trusted."""
+    precision, templates), {name: embedding}; a damaged file or entry is recomputed, never trusted."""
 
     model_sha256: str
     root: Path | None = None
+    precision: str | None = None  # the text encoder's autocast dtype (None: fp32, the key of earlier caches)
 
     def path(self, templates: tuple[str, ...]) -> Path:
-        blob = json.dumps({"model": self.model_sha256, "templates": list(templates), "per_name": 1}, sort_keys=True)
+        prec = {"precision": self.precision} if self.precision else {}
+        blob = json.dumps({"model": self.model_sha256, "templates": list(templates), "per_name": 1, **prec},
+                          sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:32]
         return (self.root or cache_dir() / "text") / f"{key}.pt"
 

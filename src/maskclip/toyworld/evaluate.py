@@ -128,8 +128,8 @@ def scene_scores(engine: MaskCLIP, images: list[np.ndarray], classifier: TextCla
     return torch.cat(out)
 
 
-def class_classifier(model: CLIP, templates: list[str] | None = None) -> TextClassifier:
-    return build_text_classifier(model, list(CLASSES), templates or TEMPLATES)
+def class_classifier(model: CLIP, templates: list[str] | None = None, precision: str | None = None) -> TextClassifier:
+    return build_text_classifier(model, list(CLASSES), templates or TEMPLATES, precision=precision)
 
 
 @torch.no_grad()
