@@ -10,6 +10,8 @@ image (short side 512) and the successors' slide (short side 336, 224 windows, s
   package    `label_files` with the defaults (precision auto, images decoded in worker processes, windows
              of several images per encoder pass, outputs written by a background thread, text embeddings
              trimmed to the longest prompt), writing the usual outputs;
+  openvino   the same with `--backend openvino` (when the [openvino] extra is installed): the exported
+             encoder graph compiled by OpenVINO, bf16 where the CPU has it;
   reference  one image at a time, one window per encoder call, fp32, every prompt at context 77, no
              prefetch, the same outputs written inline;
 
@@ -58,17 +60,19 @@ def images(n: int, out: Path) -> list[Path]:
 
 
 def gemm_peak(dtype: str, threads: int) -> float:
-    """Measured FLOP/s of a 2048^3 matmul (fp32, or bf16 autocast's bf16 kernels)."""
+    """Measured FLOP/s of a 2048^3 matmul (fp32, or bf16 autocast's bf16 kernels): the best of 8 after warm-up."""
     import torch
 
     torch.set_num_threads(threads)
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
     a @ b
-    t0 = time.perf_counter()
-    for _ in range(5):
+    best = float("inf")
+    for _ in range(8):
+        t0 = time.perf_counter()
         a @ b
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048 ** 3 / best
 
 
 def vit_flops(tokens: int, width: int = 768, layers: int = 12) -> float:
@@ -112,6 +116,8 @@ def _run(kind: str, protocol: str, paths: list[str], out: str, threads: int, que
     if kind == "reference":
         settings.update(dtype="fp32", window_batch=1)
         pipeline = PipelineOptions(workers=0, batch_images=1, pending_writes=0)
+    elif kind == "openvino":
+        settings.update(backend="openvino")
     record = {"encoder_s": 0.0, "encoder_flops": 0.0}
     _timed_encoder(record)
     p = MaskCLIPPredictor(clip, templates="85", config=MaskCLIPConfig(**settings), weights=info)
@@ -163,31 +169,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(paths)} images; GEMM peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
           f"{peaks['bf16'] / 1e9:.0f} GFLOP/s ({args.threads} threads)")
     rows = {}
+    kinds = ["package"] + (["openvino"] if openvino_installed() else [])
     for protocol in PROTOCOLS:
         ref = run_in_process("reference", protocol, paths, work / f"{protocol}-ref", args.threads)
-        pkg = run_in_process("package", protocol, paths, work / f"{protocol}-pkg", args.threads)
-        rows[protocol] = {
-            "reference_img_s": len(paths) / ref["seconds"], "package_img_s": len(paths) / pkg["seconds"],
-            "ratio": ref["seconds"] / pkg["seconds"], "agreement": agreement(work / f"{protocol}-ref",
-                                                                              work / f"{protocol}-pkg"),
-            "reference_peak_mb": ref["peak_rss_mb"], "package_peak_mb": pkg["peak_rss_mb"],
-            "package_precision": pkg["precision"],
-            "package_encoder_share": pkg["encoder_s"] / pkg["seconds"],
-            "package_gemm_fraction": pkg["encoder_flops"] / pkg["encoder_s"] / peaks.get(pkg["precision"],
-                                                                                         peaks["fp32"]),
-            "reference_gemm_fraction": ref["encoder_flops"] / ref["encoder_s"] / peaks["fp32"]}
-        r = rows[protocol]
-        print(f"{protocol:>5}: reference {r['reference_img_s']:.2f} img/s ({r['reference_peak_mb']:.0f} MB), package "
-              f"{r['package_img_s']:.2f} img/s ({r['package_peak_mb']:.0f} MB, {r['package_precision']}): "
-              f"{r['ratio']:.2f}x, labels agree on {100 * r['agreement']:.2f}% of pixels; encoder at "
-              f"{100 * r['package_gemm_fraction']:.0f}% of the {r['package_precision']} GEMM peak, "
-              f"{100 * r['package_encoder_share']:.0f}% "
-              f"of the run (reference "
-              f"{100 * r['reference_gemm_fraction']:.0f}% of fp32's); target 3.0x: "
-              f"{'met' if r['ratio'] >= 3.0 else 'NOT met'}")
+        for kind in kinds:
+            rows[f"{protocol}/{kind}"] = row(protocol, kind, paths, ref, work, peaks, args.threads)
     if args.json:
         args.json.write_text(json.dumps({"images": len(paths), "gemm_peak": peaks, "protocols": rows}, indent=1))
     return 0
+
+
+def openvino_installed() -> bool:
+    try:
+        import onnxscript  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def row(protocol: str, kind: str, paths: list[Path], ref: dict, work: Path, peaks: dict, threads: int) -> dict:
+    """One package run against the reference run: the printed line and its numbers."""
+    pkg = run_in_process(kind, protocol, paths, work / f"{protocol}-{kind}", threads)
+    r = {
+        "reference_img_s": len(paths) / ref["seconds"], "package_img_s": len(paths) / pkg["seconds"],
+        "ratio": ref["seconds"] / pkg["seconds"], "agreement": agreement(work / f"{protocol}-ref",
+                                                                          work / f"{protocol}-{kind}"),
+        "reference_peak_mb": ref["peak_rss_mb"], "package_peak_mb": pkg["peak_rss_mb"],
+        "package_precision": pkg["precision"],
+        "package_encoder_share": pkg["encoder_s"] / pkg["seconds"],
+        "package_gemm_fraction": pkg["encoder_flops"] / pkg["encoder_s"] / peaks.get(pkg["precision"],
+                                                                                     peaks["fp32"]),
+        "reference_gemm_fraction": ref["encoder_flops"] / ref["encoder_s"] / peaks["fp32"]}
+    label = "package" if kind == "package" else f"--backend {kind}"
+    print(f"{protocol:>5}: reference {r['reference_img_s']:.2f} img/s ({r['reference_peak_mb']:.0f} MB), {label} "
+          f"{r['package_img_s']:.2f} img/s ({r['package_peak_mb']:.0f} MB, {r['package_precision']}): "
+          f"{r['ratio']:.2f}x, labels agree on {100 * r['agreement']:.2f}% of pixels; encoder at "
+          f"{100 * r['package_gemm_fraction']:.0f}% of the {r['package_precision']} GEMM peak, "
+          f"{100 * r['package_encoder_share']:.0f}% of the run (reference "
+          f"{100 * r['reference_gemm_fraction']:.0f}% of fp32's); targets 3.0x: "
+          f"{'met' if r['ratio'] >= 3.0 else 'NOT met'}, 70% of the peak: "
+          f"{'met' if r['package_gemm_fraction'] >= 0.7 else 'NOT met'}", flush=True)
+    return r
 
 
 if __name__ == "__main__":
