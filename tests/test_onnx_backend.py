@@ -61,14 +61,27 @@ def check(model, cfg: MaskCLIPConfig, window: tuple[int, int]) -> None:
         assert rel_err(got[1], want[1]) < 1e-4
     else:
         assert got[1] is None
-    one = OnnxEncoder(model, cfg, threads=1)(x[:1])  # the batch size is free
+    enc = OnnxEncoder(model, cfg, threads=1)
+    one = enc(x[:1])  # the batch size is free
     assert rel_err(one[0], want[0][:1]) < 1e-4
+    other = torch.randn(2, 3, window[1] + 32, window[0] - 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), authors_vit_ops(model.visual, cfg.vit_ops == "authors" and hasattr(model.visual, "proj")):
+        want2 = DenseEncoder(model, cfg)(other)
+    got2 = enc(other)  # and so are height and width: one graph (one per size with the dino position rule)
+    assert got2[0].shape == want2[0].shape and rel_err(got2[0], want2[0]) < 1e-4
+    assert len(enc._compiled) == (1 if cfg.pos_embed == "resize" else 2)
 
 
 @pytest.mark.parametrize("case", [c if c == "maskclip" else pytest.param(c, marks=pytest.mark.slow)
                                   for c in sorted(VIT_CASES)])
 def test_vit_methods_match_torch(tiny_vit, case):
     check(tiny_vit, VIT_CASES[case], (64, 96))
+    cfg = replace(VIT_CASES[case], dtype="fp32")
+    ragged = torch.randn(2, 3, 70, 100, generator=torch.Generator().manual_seed(2))  # floored, as torch's
+    with torch.no_grad():
+        want = DenseEncoder(tiny_vit, cfg)(ragged)
+    if cfg.vit_ops != "authors":
+        assert rel_err(OnnxEncoder(tiny_vit, cfg, threads=1)(ragged)[0], want[0]) < 1e-4
 
 
 @pytest.mark.parametrize("case", [c if c == "maskclip" else pytest.param(c, marks=pytest.mark.slow)
@@ -120,18 +133,20 @@ def test_export_onnx_writes_a_graph_onnxruntime_runs_alone(tmp_path, capsys):
     import onnxruntime as ort
 
     out = tmp_path / "toy.onnx"
-    assert main(["export-onnx", "--model", "toy-vit", "--ks", "--window", "64", "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model", "toy-vit", "--ks", "--out", str(out)]) == 0
     meta = json.loads((tmp_path / "toy.onnx.json").read_text())
-    assert meta["window"] == [64, 64] and meta["outputs"] == ["feats", "keys"] and meta["settings"]["ks"] is True
+    assert meta["window"] == "any" and meta["outputs"] == ["feats", "keys"] and meta["settings"]["ks"] is True
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    feats, keys = sess.run(None, {"windows": x})
     p = MaskCLIPPredictor("toy-vit", ks=True)  # the recommended settings, as the command used them
-    assert meta["settings"] == json.loads(json.dumps(meta["settings"])) and p.config.readout == meta["settings"][
-        "readout"]
-    with torch.no_grad():
-        want = DenseEncoder(p.model, p.config)(torch.from_numpy(x))
-    assert rel_err(torch.from_numpy(feats), want[0]) < 1e-4 and rel_err(torch.from_numpy(keys), want[1]) < 1e-4
+    assert p.config.readout == meta["settings"]["readout"]
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 160)]:  # any window size a multiple of the patch
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feats, keys = sess.run(None, {"windows": x})
+        with torch.no_grad():
+            want = DenseEncoder(p.model, p.config)(torch.from_numpy(x))
+        assert rel_err(torch.from_numpy(feats), want[0]) < 1e-4 and rel_err(torch.from_numpy(keys), want[1]) < 1e-4
     before = out.read_bytes()
     assert main(["export-onnx", "--model", "toy-vit", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before  # never overwritten
+    assert main(["export-onnx", "--model", "toy-vit", "--method", "sclip", "--out", str(tmp_path / "s.onnx")]) == 2
+    assert "--window" in capsys.readouterr().err and not (tmp_path / "s.onnx").exists()

@@ -187,3 +187,19 @@ def test_batched_evaluation_gives_the_confusion_of_one_image_at_a_time(photos, t
     assert a.metrics == b.metrics
     for f in ("00000_p0.png", "00002_p2.png"):
         assert (tmp_path / "run0" / "vis" / f).read_bytes() == (tmp_path / "run1" / "vis" / f).read_bytes()
+
+
+def test_cli_pipeline_options_change_nothing_in_the_labels(photos, tmp_path):
+    from maskclip.cli import main
+
+    common = ["segment", str(photos[0].parent), "--model", "toy-rn", "--classes", "sky,grass,turtle", "--quiet",
+              "--precision", "fp32"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 1  # the unreadable file is reported: exit 1
+    assert main(common + ["--out", str(tmp_path / "b"), "--workers", "2", "--batch-images", "3",
+                          "--batch-pixels", "20000"]) == 1
+    la = sorted((tmp_path / "a" / "labels").glob("*.png"))
+    assert len(la) == len(SIZES)
+    for f in la:
+        assert f.read_bytes() == (tmp_path / "b" / "labels" / f.name).read_bytes()
+    with pytest.raises(SystemExit):
+        main(common + ["--out", str(tmp_path / "c"), "--batch-images", "0"])

@@ -15,7 +15,7 @@ from .common import add_maskclip_options, add_model_options, method_base, overri
 
 EPILOG = """examples:
   maskclip export-onnx --model ViT-B/16 --out vitb16-maskclip.onnx
-  maskclip export-onnx --model ViT-B/16 --method sclip --window 224 --out vitb16-sclip.onnx
+  maskclip export-onnx --model ViT-B/16 --method sclip --window 224 --out vitb16-sclip.onnx   (224 x 224 only)
   maskclip export-onnx --model toy-rn --ks --out toy-rn.onnx
 
 writes OUT (the graph: input "windows" float32 [B, 3, H, W], normalised as OUT.json says; output "feats"
@@ -29,19 +29,21 @@ Nothing existing is overwritten. Needs: pip install "maskclip[onnx]"."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="write a method's modified image encoder as ONNX (runs without torch)",
                        description="The dense image encoder of MaskCLIP or a successor (its read-out, keys for key "
-                                   "smoothing, fp32) as an ONNX graph for a fixed window size and any batch size.",
+                                   "smoothing, fp32) as an ONNX graph for any batch and window size.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write (an existing file is refused)")
     p.add_argument("--window", type=int, nargs="+", default=None, metavar="PX",
-                   help="window height (and width) in pixels the graph takes; default: --crop in slide mode, else "
-                        "the model's input resolution")
+                   help="fix the window height (and width) in pixels the graph takes; default: any size (a ViT's in "
+                        "multiples of its patch size)")
     add_model_options(p)
     add_maskclip_options(p)
     p.set_defaults(func=run)
 
 
-def window_of(args: argparse.Namespace, config, resolution: int) -> tuple[int, int]:
-    w = args.window or ([config.crop] if config.mode == "slide" else [resolution])
+def window_of(args: argparse.Namespace) -> tuple[int, int] | None:
+    w = args.window
+    if w is None:
+        return None
     if len(w) not in (1, 2) or min(w) < 16 or max(w) > 4096:
         raise SettingsError(f"--window {' '.join(map(str, w))}: one or two sizes in 16..4096 pixels")
     return (w[0], w[-1])
@@ -65,14 +67,16 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.weights or args.model, "cpu", templates, base, overrides,
                                quick_gelu=not args.gelu, random_init=args.random_weights)
     cfg = predictor.config
-    window = window_of(args, cfg, predictor.model.visual.input_resolution)
+    window = window_of(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(predictor.model, cfg, window, out)
     mean, std = NORMALIZATIONS[cfg.normalize]
-    write_json(meta_path, {**predictor_identity(predictor), "settings": settings_dict(cfg), "window": list(window),
+    write_json(meta_path, {**predictor_identity(predictor), "settings": settings_dict(cfg),
+                           "window": list(window) if window else "any",
                            "input": {"name": "windows", "layout": "B,3,H,W", "pixels": "RGB 0-255",
                                      "normalise": {"mean": [255 * m for m in mean], "std": [255 * s for s in std]}},
                            "outputs": ["feats", "keys"] if cfg.ks else ["feats"]})
-    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB; window {window[0]}x{window[1]}) and {meta_path}")
+    size = f"{window[0]}x{window[1]}" if window else "any"
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB; window {size}) and {meta_path}")
     print(json.dumps({"readout": cfg.readout, "ks": cfg.ks}))
     return 0

@@ -85,6 +85,10 @@ def plan(args: argparse.Namespace, exclude: tuple[Path, ...] = ()) -> Job:
 
         parse_formats(args.export)  # a wrong name fails now, not after labelling
     overrides = overrides_from_args(args)
+    if overrides.get("backend", "torch") != "torch":  # a missing extra fails now, not after loading the model
+        from ..onnx_backend import require_onnx
+
+        require_onnx(overrides["backend"])
     base, method_templates = method_base(args)
     templates = templates_from_arg(args.templates) or method_templates
     vocab.check_prompts(resolve_templates(templates or "85"), CONTEXT_LENGTH)

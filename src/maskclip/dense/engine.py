@@ -163,15 +163,19 @@ class MaskCLIP:
                     row += len(w)
         return [(torch.cat(f), torch.cat(k) if k else None) for f, k in zip(feats, keys)]
 
+    def _onnx_encoder(self):
+        """The exported encoder of --backend onnx|openvino, made on first use (`maskclip.onnx_backend`)."""
+        if self._onnx is None:
+            from ..onnx_backend import OnnxEncoder
+
+            self._onnx = OnnxEncoder(self.model, self.config, runtime=self.config.backend, precision=self.config.dtype)
+        return self._onnx
+
     def _encoder_pass(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One encoder call at the configured precision: L2-normalised features and keys, both fp32."""
         cfg = self.config
         if cfg.backend != "torch":
-            if self._onnx is None:
-                from ..onnx_backend import OnnxEncoder
-
-                self._onnx = OnnxEncoder(self.model, cfg, runtime=cfg.backend, precision=cfg.dtype)
-            return self._onnx(batch)
+            return self._onnx_encoder()(batch)
         with autocast(self.device, cfg.dtype):
             out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
                                  cfg.naclip_sigma)
