@@ -184,6 +184,7 @@ def test_export_errors_are_one_line(tmp_path, capsys):
         assert len(err) == 1 and pattern in err[0], err
 
 
+@pytest.mark.slow
 def test_label_exports_on_shared_coco_images_load_in_pycocotools(shared_data, tmp_path):
     """`maskclip label ... --export coco,cvat` on real photos (the shared COCO subset, first 4 images)."""
     from pycocotools.coco import COCO

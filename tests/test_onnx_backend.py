@@ -72,8 +72,8 @@ def check(model, cfg: MaskCLIPConfig, window: tuple[int, int]) -> None:
     assert len(enc._compiled) == (1 if cfg.pos_embed == "resize" else 2)
 
 
-@pytest.mark.parametrize("case", [c if c == "maskclip" else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in sorted(VIT_CASES)])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(VIT_CASES))
 def test_vit_methods_match_torch(tiny_vit, case):
     check(tiny_vit, VIT_CASES[case], (64, 96))
     cfg = replace(VIT_CASES[case], dtype="fp32")
@@ -84,8 +84,8 @@ def test_vit_methods_match_torch(tiny_vit, case):
         assert rel_err(OnnxEncoder(tiny_vit, cfg, threads=1)(ragged)[0], want[0]) < 1e-4
 
 
-@pytest.mark.parametrize("case", [c if c == "maskclip" else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in sorted(RN_CASES)])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(RN_CASES))
 def test_resnet_methods_match_torch(tiny_rn, case):
     check(tiny_rn, RN_CASES[case], (64, 64))
 
@@ -129,6 +129,7 @@ def test_openvino_runs_the_same_graph(tiny_vit, case):
     assert float(cos.min()) > 0.99
 
 
+@pytest.mark.slow
 def test_export_onnx_writes_a_graph_onnxruntime_runs_alone(tmp_path, capsys):
     import onnxruntime as ort
 

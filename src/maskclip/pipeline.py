@@ -26,10 +26,11 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """None = what measured fastest for the device (`resolve`): with CUDA, 2 decoding workers and 8 images a
-    batch keep the GPU fed; on a CPU the model's threads already use every core, and on 2 cores decoding
-    workers (0.77 vs 0.93 img/s, slide) and whole-image batches of 4 (0.47 vs 0.61 img/s) were slower than
-    one image at a time (`benchmarks/throughput.py`), so the CPU default is 0 workers, 1 image a batch."""
+    """None = the device's default (`resolve`): with CUDA, 2 decoding workers and 8 images a batch keep the GPU
+    fed; on a CPU the model's threads already use every core: on 2 cores decoding workers were slower (slide
+    0.78-0.89x of none) and batches of 4 images gained nothing over one (0.99x whole, 1.04x slide; an earlier
+    run: 0.77x whole) while holding more in memory (`benchmarks/pipeline_options.py`), so the CPU default is
+    0 workers and 1 image a batch; the background writer stays on (up to 1.10x)."""
 
     workers: int | None = None  # DataLoader worker processes decoding inputs (0: decode in the calling process)
     prefetch: int = 2  # inputs each worker decodes ahead

@@ -105,7 +105,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         "where the model's threads already use every core)")
     g.add_argument("--batch-images", type=bounded_int(1, 1024), default=None, metavar="N",
                    help="images encoded together, their windows sharing encoder passes of --window-batch windows "
-                        "(default: 8 with CUDA, 1 on a CPU, where larger batches measured slower)")
+                        "(default: 8 with CUDA, 1 on a CPU, where larger batches measured no faster)")
     g.add_argument("--batch-pixels", type=bounded_int(1, 2 ** 40), default=d.batch_pixels, metavar="N",
                    help=f"at most this many decoded input pixels in one batch (bounds memory; an image over it goes "
                         f"alone; default {d.batch_pixels})")
