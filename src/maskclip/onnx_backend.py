@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .clip.model import CLIP, VisionTransformer
 from .dense.config import MaskCLIPConfig
-from .dense.features import dense_features
+from .dense.features import DenseEncoder
 from .dense.successors import authors_vit_ops
 from .device import resolve_precision
 from .errors import SettingsError
@@ -57,21 +55,6 @@ def check_backend_settings(backend: str, precision: str | None, device: torch.de
                             f"--precision {precision} needs the torch backend")
     resolved = resolve_precision(precision, device)
     return resolved if backend == "openvino" and resolved == "bf16" else None
-
-
-class DenseEncoder(nn.Module):
-    """Normalised windows [B, 3, H, W] -> L2-normalised features [B, C, h, w] (and keys, with KS): the
-    encoder pass of `MaskCLIP` for `config`'s method, in fp32."""
-
-    def __init__(self, model: CLIP, config: MaskCLIPConfig):
-        super().__init__()
-        self.model, self.config = model.eval(), config
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cfg = self.config
-        out = dense_features(self.model, x, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed, cfg.naclip_sigma)
-        feats = F.normalize(out.feats.float(), dim=1)
-        return (feats, out.keys.float()) if cfg.ks else (feats,)
 
 
 def _authors_ops(model: CLIP, config: MaskCLIPConfig):

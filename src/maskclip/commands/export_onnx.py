@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..dense.config import settings_dict
@@ -78,5 +77,4 @@ def run(args: argparse.Namespace) -> int:
                            "outputs": ["feats", "keys"] if cfg.ks else ["feats"]})
     size = f"{window[0]}x{window[1]}" if window else "any"
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB; window {size}) and {meta_path}")
-    print(json.dumps({"readout": cfg.readout, "ks": cfg.ks}))
     return 0

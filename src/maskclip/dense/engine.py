@@ -20,7 +20,7 @@ from ..clip.model import CLIP, VisionTransformer
 from ..device import autocast, resolve_precision
 from ..tiling import WindowPlan, average_scales, plan_windows, resized_size, stitch, window_batches
 from .config import MaskCLIPConfig, with_compat
-from .features import check_readout, dense_features, stride_of
+from .features import DenseEncoder, check_readout, stride_of
 from .preprocess import float_copy, image_view, normalize_
 from .refine import key_smoothing, pamr, prompt_denoising
 from .successors import authors_vit_ops
@@ -93,11 +93,13 @@ class MaskCLIP:
         config = with_compat(config or MaskCLIPConfig(), overrides)  # compat="authors": every authors' choice
         # the precision this machine runs (auto -> fp16 on CUDA, bf16 on native-bf16 CPUs, else fp32), recorded
         self.config = replace(config, dtype=resolve_precision(config.dtype, self.device))
+        self.dense = DenseEncoder(self.model, self.config)  # the encoder pass of the method
         self._onnx = None
         if config.backend != "torch":  # before any image: the extra, the device, the precision
             from ..onnx_backend import check_backend_settings
 
             self.config = replace(self.config, dtype=check_backend_settings(config.backend, config.dtype, self.device))
+            self.dense.config = self.config
         self.grid_stride = stride_of(model)  # inputs are padded to a multiple of it (pad "crop", "center")
         self.is_vit = isinstance(model.visual, VisionTransformer)
         check_readout(model, self.config.readout, self.config.output_stride)  # before any image, not per image
@@ -154,7 +156,7 @@ class MaskCLIP:
         for items in groups.values():
             for start in range(0, len(items), step):
                 chunk = items[start:start + step]
-                f, k = self._encoder_pass(torch.cat([w for _, w in chunk]))
+                f, k = self._encoder_pass(chunk[0][1] if len(chunk) == 1 else torch.cat([w for _, w in chunk]))
                 row = 0
                 for j, w in chunk:
                     feats[j].append(f[row:row + len(w)])
@@ -173,13 +175,11 @@ class MaskCLIP:
 
     def _encoder_pass(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One encoder call at the configured precision: L2-normalised features and keys, both fp32."""
-        cfg = self.config
-        if cfg.backend != "torch":
+        if self.config.backend != "torch":
             return self._onnx_encoder()(batch)
-        with autocast(self.device, cfg.dtype):
-            out = dense_features(self.model, batch, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed,
-                                 cfg.naclip_sigma)
-        return F.normalize(out.feats.float(), dim=1), out.keys.float() if cfg.ks else None
+        with autocast(self.device, self.config.dtype):
+            out = self.dense.features(batch)
+        return self.dense.normalized(out)
 
     # ---- text side --------------------------------------------------------------------------------
     def grid_scores(self, feats: torch.Tensor, keys: torch.Tensor | None, classifier: TextClassifier) -> torch.Tensor:

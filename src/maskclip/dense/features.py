@@ -187,6 +187,28 @@ def resnet_dense(visual: ModifiedResNet, images: torch.Tensor, readout: ReadOut 
     return DenseFeatures(_to_map(out, (h, w)), k)
 
 
+class DenseEncoder(torch.nn.Module):
+    """The encoder pass of `MaskCLIP` for `config`'s method as one module: normalised windows [B, 3, H, W] ->
+    L2-normalised fp32 features [B, C, h, w] (and fp32 keys, with KS). The engine runs `features` under its
+    autocast and `normalized` outside it; the ONNX export (`maskclip.onnx_backend`) traces `forward`."""
+
+    def __init__(self, model: CLIP, config):
+        super().__init__()
+        self.model, self.config = model.eval(), config
+
+    def features(self, x: torch.Tensor) -> DenseFeatures:
+        cfg = self.config
+        return dense_features(self.model, x, cfg.readout, cfg.ks, cfg.output_stride, cfg.pos_embed, cfg.naclip_sigma)
+
+    @staticmethod
+    def normalized(out: DenseFeatures) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return F.normalize(out.feats.float(), dim=1), out.keys.float() if out.keys is not None else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats, keys = self.normalized(self.features(x))
+        return (feats, keys) if keys is not None else (feats,)
+
+
 def dense_features(model: CLIP, images: torch.Tensor, readout: ReadOut = "authors", keys: bool = False,
                    output_stride: int | None = None, pos_embed: str = "resize",
                    naclip_sigma: float = 5.0) -> DenseFeatures:

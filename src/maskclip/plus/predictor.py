@@ -26,7 +26,7 @@ from ..clip.model import CLIP
 from ..clip.weights import WeightsError, WeightsInfo, load_weights, random_weights
 from ..data.image_inputs import as_rgb_uint8
 from ..dense.config import MaskCLIPConfig
-from ..dense.engine import autocast, label_dtype
+from ..dense.engine import autocast, label_dtype, scale_sizes
 from ..dense.predictor import Prediction, finish_prediction
 from ..dense.preprocess import float_copy, image_view
 from ..dense.text import TextClassifier, build_text_classifier
@@ -191,9 +191,8 @@ class PlusPredictor:
         s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         x.sub_(m).div_(s)  # in place: no second full-size float image
         h, w = x.shape[-2:]
-        sizes = [cfg.size] if not cfg.scales else [(v, v) for v in cfg.scales]
         out = []
-        for size in sizes:
+        for size in scale_sizes(cfg):
             th, tw = resized_size(h, w, cfg.resize, size)
             xs = x if (th, tw) == (h, w) else F.interpolate(x, size=(th, tw), mode=cfg.interpolation,
                                                             align_corners=False)
